@@ -1,0 +1,3 @@
+"""Denoising backbones (DnCNN, RDN, ADFNet) built by name."""
+
+__all__: list[str] = []

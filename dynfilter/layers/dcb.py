@@ -1,0 +1,65 @@
+"""DCB and its static twin CB: residual blocks with a dynamic or a static middle (ADFNet Fig. 3b; spec §4)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._checks import check_features
+from .dconv import DConv
+
+__all__ = ["DCB", "CB"]
+
+
+def _conv3x3(channels: int) -> nn.Conv2d:
+    return nn.Conv2d(channels, channels, 3, padding=1)
+
+
+class DCB(nn.Module):
+    """Dynamic convolution block: ``y = x + conv3×3(LReLU(DConv(conv3×3(x))))``.
+
+    Parameters: ``2·(9C² + C) + DConv(C)``, e.g. 28,324 for ``C = 32``.
+
+    Args:
+        channels (int): ``C``, input and output channels.
+
+    >>> DCB(8)(torch.randn(1, 8, 7, 5)).shape
+    torch.Size([1, 8, 7, 5])
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.conv1 = _conv3x3(channels)
+        self.dconv = DConv(channels)
+        self.act = nn.LeakyReLU(0.2)
+        self.conv2 = _conv3x3(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, self.channels, "DCB")
+        return x + self.conv2(self.act(self.dconv(self.conv1(x))))
+
+
+class CB(nn.Module):
+    """Convolution block, DCB's static twin: ``y = x + conv3×3(LReLU(conv3×3(conv3×3(x))))``.
+
+    Parameters: ``3·(9C² + C)``, e.g. 442,752 for ``C = 128``.
+
+    Args:
+        channels (int): ``C``, input and output channels.
+
+    >>> CB(8)(torch.randn(1, 8, 7, 5)).shape
+    torch.Size([1, 8, 7, 5])
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.conv1 = _conv3x3(channels)
+        self.conv2 = _conv3x3(channels)
+        self.act = nn.LeakyReLU(0.2)
+        self.conv3 = _conv3x3(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, self.channels, "CB")
+        return x + self.conv3(self.act(self.conv2(self.conv1(x))))

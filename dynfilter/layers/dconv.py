@@ -1,0 +1,54 @@
+"""DConv: depthwise per-pixel dynamic convolution guided by SEKG (ADFNet, AAAI 2023, Fig. 3a; spec §3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..functional import dynamic_filter
+from ._checks import check_features
+from .sekg import SEKG
+
+__all__ = ["DConv"]
+
+
+class DConv(nn.Module):
+    """Dynamic convolution: predict a ``k×k`` kernel per pixel and channel from ``x``, then filter ``x``.
+
+    ``kernels = conv1×1_{C→k²C}(SEKG(x))``; ``out = dynamic_filter(x, kernels)``. Depthwise (no channel
+    mixing), no bias in the filtering itself, kernels not normalised, zero padding — as published.
+    Parameters: ``SEKG(C) + C·k²·C + k²·C``, e.g. 9,504 for ``C = 32``.
+
+    Args:
+        channels (int): ``C``, input and output channels.
+        kernel_size (int): ``k`` of the per-pixel kernel (the paper uses 3).
+        dilation (int): tap spacing of the dynamic filter (the paper uses 1).
+
+    >>> DConv(8)(torch.randn(2, 8, 7, 5)).shape
+    torch.Size([2, 8, 7, 5])
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 1) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+        if dilation < 1:
+            raise ValueError(f"dilation must be positive, got {dilation}")
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.impl = "auto"
+        self.sekg = SEKG(channels)
+        self.kernel_conv = nn.Conv2d(channels, channels * kernel_size * kernel_size, 1)
+
+    def kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The predicted per-pixel kernels, ``Tensor[B, C·k², H, W]``."""
+        return self.kernel_conv(self.sekg(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features(x, self.channels, "DConv")
+        return dynamic_filter(x, self.kernels(x), self.kernel_size, self.dilation, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        s = f"channels={self.channels}, kernel_size={self.kernel_size}"
+        return s + (f", dilation={self.dilation}" if self.dilation != 1 else "")

@@ -1,0 +1,49 @@
+"""The ``dynfilter`` command line: one entry point, one module per subcommand.
+
+Each module in :mod:`experiments.commands` offers ``add_parser(subparsers)`` and ``run(args)``;
+parsing happens only in :func:`main` and heavy imports happen inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+# Subcommand name -> module under experiments.commands. Order is the order shown by --help.
+SUBCOMMANDS: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynfilter",
+        description="Dynamic filtering for image restoration: ADFNet blocks, backbone surgery and experiments.",
+    )
+    from dynfilter import __version__
+
+    parser.add_argument("--version", action="version", version=f"dynfilter {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"experiments.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dynfilter {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Shared fixtures: every test starts from a fixed RNG state and leaves it as it found it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(os.environ.get("DYNFILTER_TEST_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _fixed_rng():
+    state = torch.get_rng_state()
+    torch.manual_seed(0)
+    yield
+    torch.set_rng_state(state)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The offline benchmark images (``../shared/data``); tests needing them skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"benchmark data not found at {SHARED_DATA}")
+    return SHARED_DATA.resolve()
