@@ -1,4 +1,4 @@
-"""Functional ops of dynfilter: per-pixel dynamic filtering.
+"""Functional ops of dynfilter: per-pixel dynamic filtering and modulated deformable convolution.
 
 The modules in :mod:`dynfilter.layers` hold parameters and call these functions, as
 ``torchvision.ops.DeformConv2d`` calls ``deform_conv2d``.
@@ -6,23 +6,85 @@ The modules in :mod:`dynfilter.layers` hold parameters and call these functions,
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+import torchvision
 
+from torch import nn
+
+from ._deform import modulated_deform_conv2d_op
+from ._ops import dynamic_filter_op
 from ._reference import dynamic_filter_unfold
 
-__all__ = ["dynamic_filter", "dynamic_filter_impls"]
+__all__ = [
+    "dynamic_filter",
+    "dynamic_filter_impls",
+    "set_dynamic_filter_impl",
+    "modulated_deform_conv2d",
+    "modulated_deform_conv2d_impls",
+    "set_impls",
+    "REFERENCE_IMPLS",
+]
 
 _DYNAMIC_FILTER_IMPLS: dict[str, Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]] = {
     "unfold": dynamic_filter_unfold,
+    # The registered op ``dynfilter::dynamic_filter``: shifted-view accumulation, one graph node.
+    "lean": dynamic_filter_op,
 }
-_DEFAULT_IMPL = "unfold"
+_DEFAULT_IMPL = "lean"
 
 
 def dynamic_filter_impls() -> list[str]:
     """Names accepted by ``dynamic_filter(..., impl=...)`` besides ``"auto"``."""
     return sorted(_DYNAMIC_FILTER_IMPLS)
+
+
+def set_dynamic_filter_impl(model: nn.Module, impl: str) -> nn.Module:
+    """``set_impls(model, dynamic_filter=impl)``: the dynamic filter's ``impl`` on DConv and MDCB.
+
+    >>> from dynfilter import DCB
+    >>> set_dynamic_filter_impl(DCB(4), "unfold").dconv.impl
+    'unfold'
+    """
+    return set_impls(model, dynamic_filter=impl)
+
+
+def set_impls(
+    model: nn.Module, *, dynamic_filter: str | None = None, modulated_deform_conv2d: str | None = None
+) -> nn.Module:
+    """Choose the implementation of each op for every module of ``model`` that calls it, in place.
+
+    A module's ``impl`` attribute (a str) names the implementation of the op it calls; the op is
+    named by its ``impl_op`` class attribute, ``"dynamic_filter"`` when it has none (DConv, MDCB;
+    ModulatedDeformConv2d says ``"modulated_deform_conv2d"``). ``None`` leaves that op's modules as
+    they are. ``set_impls(model, **REFERENCE_IMPLS)`` gives the published computation (unfold
+    dynamic filtering, torchvision's deformable conv).
+
+    Args:
+        model (nn.Module): any module tree.
+        dynamic_filter (str, optional): ``"auto"`` or one of :func:`dynamic_filter_impls`.
+        modulated_deform_conv2d (str, optional): ``"auto"`` or one of :func:`modulated_deform_conv2d_impls`.
+
+    Returns:
+        nn.Module: ``model`` itself, for chaining.
+
+    >>> from dynfilter import MDCB
+    >>> block = set_impls(MDCB(8), **REFERENCE_IMPLS)
+    >>> block.impl, block.dcn.impl
+    ('unfold', 'torchvision')
+    """
+    chosen = {"dynamic_filter": dynamic_filter, "modulated_deform_conv2d": modulated_deform_conv2d}
+    for op, impl in chosen.items():
+        known = _IMPLS[op]
+        if impl is not None and impl != "auto" and impl not in known:
+            raise ValueError(f"unknown {op} impl {impl!r}; expected 'auto' or one of {sorted(known)}")
+    for module in model.modules():
+        if isinstance(getattr(module, "impl", None), str):
+            impl = chosen.get(getattr(module, "impl_op", "dynamic_filter"))
+            if impl is not None:
+                module.impl = impl
+    return model
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -93,3 +155,143 @@ def dynamic_filter(
     except KeyError:
         raise ValueError(f"unknown impl {impl!r}; expected 'auto' or one of {dynamic_filter_impls()}") from None
     return fn(x, kernels, kernel_size, dilation)
+
+
+def _deform_conv2d_torchvision(input, offset, weight, bias, mask, stride, padding, dilation):
+    return torchvision.ops.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+_DEFORM_IMPLS: dict[str, Callable[..., torch.Tensor]] = {
+    # The reference: torchvision's op (the published CUDA kernel's conventions, CPU and CUDA).
+    "torchvision": _deform_conv2d_torchvision,
+    # The registered op ``dynfilter::modulated_deform_conv2d``: grid_sample columns, chunked matmul.
+    "lean": modulated_deform_conv2d_op,
+}
+_DEFAULT_DEFORM_IMPL = "lean"
+_IMPLS = {"dynamic_filter": _DYNAMIC_FILTER_IMPLS, "modulated_deform_conv2d": _DEFORM_IMPLS}
+
+# The published computation, for ``set_impls(model, **REFERENCE_IMPLS)``.
+REFERENCE_IMPLS = {"dynamic_filter": "unfold", "modulated_deform_conv2d": "torchvision"}
+
+
+def modulated_deform_conv2d_impls() -> list[str]:
+    """Names accepted by ``modulated_deform_conv2d(..., impl=...)`` besides ``"auto"``."""
+    return sorted(_DEFORM_IMPLS)
+
+
+def _pair(name: str, value: int | Sequence[int], minimum: int) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints >= {minimum}, got {value!r}")
+    return pair
+
+
+def _check_tensor(name: str, t: object, shape: tuple[int, ...], what: str, device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must have shape {what} = {shape}, got {got}")
+    if t.device != device:
+        raise ValueError(f"input is on {device} but {name} is on {t.device}")
+
+
+def check_modulated_deform_conv2d_args(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> None:
+    """Raise ``ValueError`` unless the operands of :func:`modulated_deform_conv2d` fit together."""
+    for name, t in (("input", input), ("offset", offset), ("weight", weight)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a 4-D tensor, got shape {got}")
+    b, c, h, w = input.shape
+    c_out, c_per_group, kh, kw = weight.shape
+    if c_per_group < 1 or c % c_per_group != 0 or c_out % (c // c_per_group) != 0:
+        raise ValueError(
+            f"weight of shape {tuple(weight.shape)} does not fit input channels {c}: weight.shape[1] must "
+            f"divide {c} into groups, and the groups must divide the {c_out} output channels"
+        )
+    taps = kh * kw
+    if taps < 1 or offset.shape[1] < 2 * taps or offset.shape[1] % (2 * taps) != 0:
+        raise ValueError(
+            f"offset must have 2·G·kh·kw channels for a {kh}×{kw} kernel (a multiple of {2 * taps}), "
+            f"got {offset.shape[1]}"
+        )
+    groups = offset.shape[1] // (2 * taps)
+    if c % groups != 0:
+        raise ValueError(f"input channels ({c}) must be divisible by the {groups} offset groups")
+    h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    w_out = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if h_out < 1 or w_out < 1:
+        raise ValueError(
+            f"input of size {h}×{w} is too small for a {kh}×{kw} kernel with stride {stride}, padding {padding} "
+            f"and dilation {dilation}"
+        )
+    _check_tensor("offset", offset, (b, 2 * groups * taps, h_out, w_out), "(B, 2·G·kh·kw, H_out, W_out)", input.device)
+    if mask is not None:
+        _check_tensor("mask", mask, (b, groups * taps, h_out, w_out), "(B, G·kh·kw, H_out, W_out)", input.device)
+    if bias is not None:
+        _check_tensor("bias", bias, (c_out,), "(C_out,)", input.device)
+    if weight.device != input.device:
+        raise ValueError(f"input is on {input.device} but weight is on {weight.device}")
+
+
+def modulated_deform_conv2d(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    mask: torch.Tensor | None = None,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    r"""Modulated deformable convolution (DCNv2) with ``torchvision.ops.deform_conv2d``'s conventions.
+
+    .. math::
+        \text{out}[b, o, p] = \text{bias}[o] + \sum_{c, k} W[o, c, k]\,
+        m_{g(c), k}[b, p]\; x_c\big(p_0(p) + p_k + \Delta p_{g(c), k}[b, p]\big)
+
+    where ``p_0 = p·stride − padding``, ``p_k`` is tap ``k`` of the dilated ``kh×kw`` window
+    (row-major), ``g(c)`` is the offset group of input channel ``c`` (``G`` contiguous blocks of
+    ``Cin/G`` channels) and ``x_c(·)`` is bilinear interpolation with zeros outside the image: a
+    location contributes only if ``−1 < y < H`` and ``−1 < x < W``, and each of its four
+    neighbours only if inside. Offsets are group-major, then tap-major, ``(Δy, Δx)`` pairs:
+    channel ``2·(g·kh·kw + k)`` holds Δy. The mask ``m`` (channel ``g·kh·kw + k``) multiplies each
+    sample; ``mask=None`` means 1 (DCNv1).
+
+    Args:
+        input (Tensor[B, Cin, H, W]): the features.
+        offset (Tensor[B, 2·G·kh·kw, H_out, W_out]): the sampling offsets, in pixels.
+        weight (Tensor[Cout, Cin/groups, kh, kw]): the convolution weight; ``groups`` is inferred.
+        bias (Tensor[Cout], optional): added to every output.
+        stride, padding, dilation (int or (int, int)): as in ``nn.Conv2d``.
+        mask (Tensor[B, G·kh·kw, H_out, W_out], optional): the modulation scalars.
+        impl (str): ``"auto"`` (``"lean"``) or one of :func:`modulated_deform_conv2d_impls`:
+            ``"torchvision"`` is the reference; ``"lean"`` samples with ``grid_sample`` and multiplies
+            in chunks of at most :data:`dynfilter._deform.COLUMNS_BUDGET_BYTES` of columns. They agree
+            to float rounding of the sampling positions (see ``docs/performance.md``).
+
+    Returns:
+        Tensor[B, Cout, H_out, W_out]
+
+    >>> x, w = torch.randn(2, 8, 7, 5), torch.randn(6, 8, 3, 3)
+    >>> offset, mask = torch.randn(2, 2 * 4 * 9, 7, 5), torch.rand(2, 4 * 9, 7, 5)  # 4 offset groups
+    >>> modulated_deform_conv2d(x, offset, w, padding=1, mask=mask).shape
+    torch.Size([2, 6, 7, 5])
+    """
+    stride, padding, dilation = _pair("stride", stride, 1), _pair("padding", padding, 0), _pair("dilation", dilation, 1)
+    check_modulated_deform_conv2d_args(input, offset, weight, bias, mask, stride, padding, dilation)
+    name = _DEFAULT_DEFORM_IMPL if impl == "auto" else impl
+    try:
+        fn = _DEFORM_IMPLS[name]
+    except KeyError:
+        raise ValueError(f"unknown impl {impl!r}; expected 'auto' or one of {modulated_deform_conv2d_impls()}") from None
+    return fn(input, offset, weight, bias, mask, list(stride), list(padding), list(dilation))

@@ -14,7 +14,7 @@ from typing import Sequence
 __all__ = ["main", "build_parser"]
 
 # Subcommand name -> module under experiments.commands. Order is the order shown by --help.
-SUBCOMMANDS: tuple[str, ...] = ()
+SUBCOMMANDS: tuple[str, ...] = ("info", "profile", "surgery", "train", "eval", "denoise", "sweep", "plot", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

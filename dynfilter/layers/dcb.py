@@ -22,16 +22,19 @@ class DCB(nn.Module):
 
     Args:
         channels (int): ``C``, input and output channels.
+        init (str): initialisation of the DConv's kernel generator, ``"published"`` or ``"identity"``
+            (the DConv starts as a pass-through, so the block starts as a CB whose middle conv is the
+            identity); see :class:`~dynfilter.DConv`.
 
     >>> DCB(8)(torch.randn(1, 8, 7, 5)).shape
     torch.Size([1, 8, 7, 5])
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, init: str = "published") -> None:
         super().__init__()
         self.channels = channels
         self.conv1 = _conv3x3(channels)
-        self.dconv = DConv(channels)
+        self.dconv = DConv(channels, init=init)
         self.act = nn.LeakyReLU(0.2)
         self.conv2 = _conv3x3(channels)
 

@@ -7,6 +7,8 @@ from torch import nn
 
 from ..functional import dynamic_filter
 from ._checks import check_features
+from ._init import check_kernel_init, init_kernel_generator
+from ._pointwise import pointwise_conv
 from .sekg import SEKG
 
 __all__ = ["DConv"]
@@ -23,12 +25,15 @@ class DConv(nn.Module):
         channels (int): ``C``, input and output channels.
         kernel_size (int): ``k`` of the per-pixel kernel (the paper uses 3).
         dilation (int): tap spacing of the dynamic filter (the paper uses 1).
+        init (str): ``"published"`` (PyTorch's default init of the kernel conv, as in the ADFNet code) or
+            ``"identity"`` (every predicted kernel starts as the unit impulse, so ``DConv(x) = x`` at
+            step 0; see :data:`dynfilter.layers.KERNEL_INITS`).
 
     >>> DConv(8)(torch.randn(2, 8, 7, 5)).shape
     torch.Size([2, 8, 7, 5])
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 1) -> None:
+    def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 1, init: str = "published") -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
@@ -37,13 +42,22 @@ class DConv(nn.Module):
         self.channels = channels
         self.kernel_size = kernel_size
         self.dilation = dilation
+        self.init = check_kernel_init(init)
         self.impl = "auto"
         self.sekg = SEKG(channels)
         self.kernel_conv = nn.Conv2d(channels, channels * kernel_size * kernel_size, 1)
+        init_kernel_generator(self.kernel_conv, kernel_size, self.init)
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter according to ``init``."""
+        self.sekg.spatial.reset_parameters()
+        self.sekg.channel.reset_parameters()
+        self.kernel_conv.reset_parameters()
+        init_kernel_generator(self.kernel_conv, self.kernel_size, self.init)
 
     def kernels(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted per-pixel kernels, ``Tensor[B, C·k², H, W]``."""
-        return self.kernel_conv(self.sekg(x))
+        return pointwise_conv(self.kernel_conv, self.sekg(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features(x, self.channels, "DConv")
@@ -51,4 +65,5 @@ class DConv(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"channels={self.channels}, kernel_size={self.kernel_size}"
-        return s + (f", dilation={self.dilation}" if self.dilation != 1 else "")
+        s += f", dilation={self.dilation}" if self.dilation != 1 else ""
+        return s + (f", init={self.init!r}" if self.init != "published" else "")

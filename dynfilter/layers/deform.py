@@ -1,7 +1,8 @@
 """Modulated deformable convolution (DCNv2) whose offsets and mask come from a separate feature map.
 
 This is the ``ModulatedDeformConvPack(extra_offset_mask=True)`` layer of the published ADFNet code
-(spec §5), computed with ``torchvision.ops.deform_conv2d`` so that it runs on CPU and GPU alike.
+(spec §5), computed with :func:`dynfilter.functional.modulated_deform_conv2d` so that it runs on CPU and
+GPU alike: by default the lean op, or ``torchvision.ops.deform_conv2d`` with ``impl = "torchvision"``.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torchvision
 from torch import nn
+
+from ..functional import modulated_deform_conv2d
 
 __all__ = ["ModulatedDeformConv2d"]
 
@@ -30,9 +32,16 @@ class ModulatedDeformConv2d(nn.Module):
         offset_channels (int): ``O``, channels of ``feat`` (32 in ADFNet).
         deform_groups (int): ``G``, deformable groups; each covers ``in_channels / G`` contiguous channels.
 
+    Attributes:
+        impl (str): the implementation of :func:`~dynfilter.functional.modulated_deform_conv2d`
+            (``"auto"``, ``"lean"`` or ``"torchvision"``); set it on a whole model with
+            :func:`dynfilter.set_impls`.
+
     >>> ModulatedDeformConv2d(16, 16)(torch.randn(1, 16, 6, 5), torch.randn(1, 32, 6, 5)).shape
     torch.Size([1, 16, 6, 5])
     """
+
+    impl_op = "modulated_deform_conv2d"  # which op ``impl`` chooses for, read by ``set_impls``
 
     def __init__(
         self,
@@ -51,6 +60,7 @@ class ModulatedDeformConv2d(nn.Module):
         self.out_channels = out_channels
         self.kernel_size = kernel_size
         self.deform_groups = deform_groups
+        self.impl = "auto"
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
         self.conv_offset_mask = nn.Conv2d(
@@ -69,13 +79,15 @@ class ModulatedDeformConv2d(nn.Module):
 
     def offset_and_mask(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Offsets ``Tensor[B, 2·G·k², H, W]`` and mask ``Tensor[B, G·k², H, W]`` from ``feat``."""
-        o1, o2, m = self.conv_offset_mask(feat).chunk(3, dim=1)
-        return torch.cat((o1, o2), dim=1), torch.sigmoid(m)
+        # cat(chunk1, chunk2) of the three equal chunks is the first two thirds: a view, no copy.
+        out = self.conv_offset_mask(feat)
+        split = 2 * out.shape[1] // 3
+        return out[:, :split], torch.sigmoid(out[:, split:])
 
     def forward(self, x: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offset_and_mask(feat)
         pad = self.kernel_size // 2
-        return torchvision.ops.deform_conv2d(x, offset, self.weight, self.bias, padding=pad, mask=mask)
+        return modulated_deform_conv2d(x, offset, self.weight, self.bias, padding=pad, mask=mask, impl=self.impl)
 
     def extra_repr(self) -> str:
         return (

@@ -12,6 +12,8 @@ from torch import nn
 
 from ..functional import dynamic_filter
 from ._checks import check_features
+from ._init import check_kernel_init, init_kernel_generator
+from ._pointwise import pointwise_conv
 from .deform import ModulatedDeformConv2d
 from .mfi import MFI
 from .sekg import SEKG
@@ -83,6 +85,9 @@ class MDCB(_MultiScaleBase):
         deform_groups (int): deformable groups of the DCN (8 in ADFNet); must divide ``C``.
         dilations (Sequence[int]): one branch per dilation of the shared 3×3 dynamic kernels.
         use_mfi (bool): ``False`` drops MFI (the paper's "w/o MFI" ablation).
+        init (str): initialisation of the kernel generator, ``"published"`` or ``"identity"`` (every
+            shared kernel starts as the unit impulse, so each dilated branch starts from the reduced
+            input itself, as in MCB's dilation-1 branch); see :class:`~dynfilter.DConv`.
 
     >>> MDCB(16, 8)(torch.randn(1, 16, 9, 7)).shape
     torch.Size([1, 16, 9, 7])
@@ -96,17 +101,23 @@ class MDCB(_MultiScaleBase):
         deform_groups: int = 8,
         dilations: Sequence[int] = (1, 3, 5),
         use_mfi: bool = True,
+        init: str = "published",
     ) -> None:
         super().__init__(channels, mid_channels, offset_channels, deform_groups, dilations, use_mfi)
         mid = self.mid_channels
+        self.init = check_kernel_init(init)
         self.impl = "auto"
         self.sekg = SEKG(channels)
         self.kernel_conv = nn.Conv2d(channels, 9 * mid, 1)
+        init_kernel_generator(self.kernel_conv, 3, self.init)
         self.branches = nn.ModuleList(nn.Conv2d(mid, mid, 3, padding=1) for _ in self.dilations)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", init={self.init!r}" if self.init != "published" else "")
 
     def kernels(self, x: torch.Tensor) -> torch.Tensor:
         """The shared per-pixel kernels, ``Tensor[B, 9·M, H, W]``."""
-        return self.kernel_conv(self.sekg(self.deformed(x)))
+        return pointwise_conv(self.kernel_conv, self.sekg(self.deformed(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features(x, self.channels, "MDCB")

@@ -1,0 +1,399 @@
+"""Replacements: what a selected module becomes, whether it can, and which of its weights carry over.
+
+A :class:`Replacement` answers three questions about one selected module:
+
+- :meth:`~Replacement.reason`: why it *cannot* take the replacement (``None`` when it can);
+- :meth:`~Replacement.build`: the new module, built from a private copy of the old one;
+- :meth:`~Replacement.carry`: which state-dict entries of the new module take their values from the old
+  one, as ``{new_key: old_key}``.
+
+The paper's swaps are constructors here: :func:`to_dconv`, :func:`conv_then_dconv`, :func:`to_mdcb_stack`,
+:func:`swap_block` (DCB ↔ CB, MDCB ↔ MCB), :func:`to_identity`; any ``fn(name, module) -> nn.Module``
+becomes one with :func:`factory`. Keyword arguments not consumed by a constructor are forwarded to the
+block's own constructor (``**block_kwargs``), so block options pass straight through.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Sequence, Union
+
+from torch import nn
+
+from ..layers import CB, DCB, MCB, MDCB, MFI, DConv
+
+__all__ = [
+    "Replacement",
+    "ReplacementLike",
+    "to_dconv",
+    "conv_then_dconv",
+    "to_mdcb_stack",
+    "swap_block",
+    "to_identity",
+    "factory",
+    "as_replacement",
+    "infer_channels",
+]
+
+Factory = Callable[[str, nn.Module], "nn.Module | None"]
+
+
+class Replacement:
+    """Base class: by default every module is eligible and carried weights are found by identity.
+
+    Subclasses override :meth:`build` and, where they can tell, :meth:`reason` and :meth:`carry`.
+
+    Args:
+        label (str): how the replacement prints in a plan, e.g. ``"to_dconv()"``.
+
+    >>> r = factory(lambda name, m: nn.Sequential(m, nn.ReLU()))
+    >>> conv = nn.Conv2d(2, 2, 1)
+    >>> new = r.build("x", conv)
+    >>> sorted(r.carry(conv, new).items())
+    [('0.bias', 'bias'), ('0.weight', 'weight')]
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def reason(self, name: str, module: nn.Module) -> str | None:
+        """Why ``module`` cannot take this replacement, or ``None`` when it can."""
+        return None
+
+    def build(self, name: str, module: nn.Module) -> nn.Module | None:
+        """The new module for ``module`` (a private copy the new module may reuse); ``None`` declines."""
+        raise NotImplementedError
+
+    def carry(self, old: nn.Module, new: nn.Module) -> dict[str, str]:
+        """``{new_key: old_key}`` for the state-dict entries of ``new`` that hold ``old``'s values.
+
+        The default finds entries that *are* the old tensors, i.e. modules :meth:`build` reused.
+        """
+        old_ids = {id(t): k for k, t in old.state_dict(keep_vars=True).items()}
+        return {k: old_ids[id(t)] for k, t in new.state_dict(keep_vars=True).items() if id(t) in old_ids}
+
+    def __repr__(self) -> str:
+        return self.label
+
+
+def _kwargs_repr(**kwargs: object) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def _pair(value: int | tuple) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+class _ToDConv(Replacement):
+    def __init__(self, kernel_size: int, dilation: int, block_kwargs: dict) -> None:
+        super().__init__(f"to_dconv({_kwargs_repr(kernel_size=kernel_size, dilation=dilation, **block_kwargs)})")
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.block_kwargs = block_kwargs
+
+    def reason(self, name: str, module: nn.Module) -> str | None:
+        if not isinstance(module, nn.Conv2d):
+            return f"not a Conv2d ({type(module).__name__})"
+        k, d = self.kernel_size, self.dilation
+        problems = []
+        if module.in_channels != module.out_channels:
+            problems.append(f"in_channels {module.in_channels} ≠ out_channels {module.out_channels}")
+        if _pair(module.kernel_size) != (k, k):
+            problems.append(f"kernel {'×'.join(map(str, _pair(module.kernel_size)))} ≠ {k}×{k}")
+        if _pair(module.stride) != (1, 1):
+            problems.append(f"stride {_pair(module.stride)} ≠ 1")
+        if _pair(module.dilation) != (d, d):
+            problems.append(f"dilation {_pair(module.dilation)} ≠ {d}")
+        same = d * (k - 1) // 2
+        if not problems and module.padding != "same" and _pair(module.padding) != (same, same):
+            problems.append(f"padding {module.padding} does not keep the size (DConv pads {same})")
+        return "; ".join(problems) or None
+
+    def build(self, name: str, module: nn.Module) -> nn.Module:
+        return DConv(module.out_channels, self.kernel_size, self.dilation, **self.block_kwargs)
+
+
+def to_dconv(kernel_size: int = 3, dilation: int = 1, **block_kwargs: object) -> Replacement:
+    """Replace a ``k×k``, stride-1, size-keeping ``C→C`` ``nn.Conv2d`` with ``DConv(C)``.
+
+    The paper's DConv-enhanced DnCNN: "replacing one regular static 3×3 convolution with one DConv".
+    The static weights have no DConv counterpart, so nothing carries over. Grouped and depthwise convs
+    qualify (DConv is depthwise itself); ``padding_mode`` is not checked (DConv zero-pads).
+
+    Args:
+        kernel_size (int): ``k`` the conv must have; also DConv's kernel size.
+        dilation (int): the conv's dilation; also DConv's.
+        **block_kwargs: forwarded to :class:`~dynfilter.DConv`.
+
+    >>> r = to_dconv()
+    >>> r.reason("c", nn.Conv2d(8, 8, 3, padding=1)), r.reason("c", nn.Conv2d(3, 8, 3, stride=2, padding=1))
+    (None, 'in_channels 3 ≠ out_channels 8; stride (2, 2) ≠ 1')
+    """
+    return _ToDConv(kernel_size, dilation, block_kwargs)
+
+
+class _ConvThenDConv(Replacement):
+    def __init__(self, block_kwargs: dict) -> None:
+        super().__init__(f"conv_then_dconv({_kwargs_repr(**block_kwargs)})")
+        self.block_kwargs = block_kwargs
+
+    def reason(self, name: str, module: nn.Module) -> str | None:
+        if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            return f"not a Conv2d or ConvTranspose2d ({type(module).__name__})"
+        return None
+
+    def build(self, name: str, module: nn.Module) -> nn.Module:
+        return nn.Sequential(OrderedDict(conv=module, dconv=DConv(module.out_channels, **self.block_kwargs)))
+
+
+def conv_then_dconv(**block_kwargs: object) -> Replacement:
+    """Keep a conv, weights and all, and follow it with ``DConv(out_channels)``.
+
+    Works for any ``nn.Conv2d`` or ``nn.ConvTranspose2d`` (any kernel, stride, groups), since DConv keeps
+    the shape of the conv's output. The new module is ``Sequential(conv=<the conv>, dconv=DConv)``, so
+    ``weight`` carries to ``conv.weight``.
+
+    Args:
+        **block_kwargs: forwarded to :class:`~dynfilter.DConv` (``kernel_size``, ``dilation``).
+
+    >>> new = conv_then_dconv().build("c", nn.Conv2d(3, 8, 3, stride=2))
+    >>> [type(m).__name__ for m in new], new.dconv.channels
+    (['Conv2d', 'DConv'], 8)
+    """
+    return _ConvThenDConv(block_kwargs)
+
+
+def infer_channels(module: nn.Module) -> int | None:
+    """``C`` when ``module`` evidently maps ``C`` channels to ``C`` channels, else ``None``.
+
+    Looks at a ``channels`` attribute, then equal ``in_channels``/``out_channels`` attributes, then the
+    first and last ``nn.Conv2d`` inside (in registration order, which is how residual dense blocks read:
+    the first dense conv takes ``C``, the local-fusion 1×1 returns ``C``).
+
+    >>> infer_channels(DCB(8)), infer_channels(nn.Sequential(nn.Conv2d(4, 6, 3), nn.Conv2d(6, 4, 1)))
+    (8, 4)
+    """
+    c = getattr(module, "channels", None)
+    if isinstance(c, int) and not isinstance(c, bool):
+        return c
+    cin, cout = getattr(module, "in_channels", None), getattr(module, "out_channels", None)
+    if isinstance(cin, int) and isinstance(cout, int):
+        return cin if cin == cout else None
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if convs and convs[0].in_channels == convs[-1].out_channels:
+        return convs[0].in_channels
+    return None
+
+
+class _ToMDCBStack(Replacement):
+    def __init__(self, n: int, channels: int | None, block_kwargs: dict) -> None:
+        shown = _kwargs_repr(n=n, **({"channels": channels} if channels else {}), **block_kwargs)
+        super().__init__(f"to_mdcb_stack({shown})")
+        self.n = n
+        self.channels = channels
+        self.block_kwargs = block_kwargs
+
+    def _channels(self, module: nn.Module) -> int | None:
+        return self.channels if self.channels is not None else infer_channels(module)
+
+    def reason(self, name: str, module: nn.Module) -> str | None:
+        c = self._channels(module)
+        if c is None:
+            cin, cout = getattr(module, "in_channels", None), getattr(module, "out_channels", None)
+            if isinstance(cin, int) and isinstance(cout, int):
+                return f"maps {cin} → {cout} channels; MDCB needs C → C"
+            return f"cannot tell the C → C channel count of {type(module).__name__}; pass channels="
+        groups = self.block_kwargs.get("deform_groups", 8)
+        if c % groups != 0:
+            return f"channels {c} not divisible by deform_groups {groups}"
+        return None
+
+    def build(self, name: str, module: nn.Module) -> nn.Module:
+        c = self._channels(module)
+        return nn.Sequential(*(MDCB(c, **self.block_kwargs) for _ in range(self.n)))
+
+
+def to_mdcb_stack(
+    n: int = 3,
+    channels: int | None = None,
+    mid_channels: int | None = None,
+    offset_channels: int = 32,
+    deform_groups: int = 8,
+    dilations: Sequence[int] = (1, 3, 5),
+    **block_kwargs: object,
+) -> Replacement:
+    """Replace a ``C→C`` block (e.g. a residual dense block) with ``Sequential(MDCB(C), …)`` of ``n`` MDCBs.
+
+    The paper's MDCB-enhanced RDN: "replacing one residual dense block with three MDCBs". ``C`` comes from
+    ``channels`` or :func:`infer_channels`. Nothing carries over.
+
+    Args:
+        n (int): how many MDCBs.
+        channels (int, optional): ``C``; inferred when omitted.
+        mid_channels (int, optional): ``M`` of each MDCB; ``C`` when omitted.
+        offset_channels (int): ``O``, the offset-feature width (32 in ADFNet).
+        deform_groups (int): DCN deformable groups; must divide ``C``.
+        dilations (Sequence[int]): the dilated branches.
+        **block_kwargs: forwarded to :class:`~dynfilter.MDCB` (e.g. ``use_mfi``).
+
+    >>> len(to_mdcb_stack(n=2).build("blocks.1", DCB(16)))
+    2
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    kwargs = dict(
+        mid_channels=mid_channels,
+        offset_channels=offset_channels,
+        deform_groups=deform_groups,
+        dilations=tuple(dilations),
+        **block_kwargs,
+    )
+    return _ToMDCBStack(n, channels, kwargs)
+
+
+# The twin of each ADFNet block and {new_prefix: old_prefix} for the weights that mean the same thing.
+# DCB ↔ CB: the input conv (conv1) and the output conv after the activation (DCB.conv2 ↔ CB.conv3);
+# the middle (DConv ↔ CB.conv2) has no counterpart. MDCB ↔ MCB: the offset conv, the DCN (with its
+# offset/mask conv) and the final 1×1 fuse. Not carried although the shapes agree: `reduce` (MDCB reduces
+# the block input, MCB the DCN path) and `branches` (MDCB's post-filter 3×3s vs MCB's dilated 3×3s).
+_SWAPS: dict[str, dict[type, tuple[type, dict[str, str]]]] = {
+    "static": {
+        DCB: (CB, {"conv1": "conv1", "conv3": "conv2"}),
+        MDCB: (MCB, {"offset": "offset", "dcn": "dcn", "fuse": "fuse"}),
+    },
+    "dynamic": {
+        CB: (DCB, {"conv1": "conv1", "conv2": "conv3"}),
+        MCB: (MDCB, {"offset": "offset", "dcn": "dcn", "fuse": "fuse"}),
+    },
+}
+
+
+class _SwapBlock(Replacement):
+    def __init__(self, to: str, use_mfi: bool | None, block_kwargs: dict) -> None:
+        shown = _kwargs_repr(**({"use_mfi": use_mfi} if use_mfi is not None else {}), **block_kwargs)
+        super().__init__(f"swap_block({to!r}{', ' + shown if shown else ''})")
+        self.table = _SWAPS[to]
+        self.use_mfi = use_mfi
+        self.block_kwargs = block_kwargs
+
+    def _entry(self, module: nn.Module) -> tuple[type, dict[str, str]] | None:
+        return self.table.get(type(module))
+
+    def reason(self, name: str, module: nn.Module) -> str | None:
+        if self._entry(module) is None:
+            return f"not a {' or '.join(c.__name__ for c in self.table)} ({type(module).__name__})"
+        return None
+
+    def build(self, name: str, module: nn.Module) -> nn.Module:
+        cls, _ = self._entry(module)
+        if cls in (CB, DCB):
+            return cls(module.channels, **self.block_kwargs)
+        use_mfi = isinstance(module.mfi, MFI) if self.use_mfi is None else self.use_mfi
+        return cls(
+            module.channels,
+            module.mid_channels,
+            module.offset_channels,
+            module.deform_groups,
+            module.dilations,
+            use_mfi=use_mfi,
+            **self.block_kwargs,
+        )
+
+    def carry(self, old: nn.Module, new: nn.Module) -> dict[str, str]:
+        _, prefixes = self._entry(old)
+        old_sd = old.state_dict()
+        out = {}
+        for key, value in new.state_dict().items():
+            head, _, rest = key.partition(".")
+            if head in prefixes:
+                old_key = f"{prefixes[head]}.{rest}"
+                if old_key in old_sd and old_sd[old_key].shape == value.shape:
+                    out[key] = old_key
+        return out
+
+
+def swap_block(to: str, use_mfi: bool | None = None, **block_kwargs: object) -> Replacement:
+    """Swap ADFNet blocks for their twins: ``to="static"`` (DCB → CB, MDCB → MCB) or ``"dynamic"`` (back).
+
+    The new block has the old one's ``channels``, ``mid_channels``, ``offset_channels``,
+    ``deform_groups`` and ``dilations``. Carried weights: DCB ↔ CB the input conv (``conv1``) and the output
+    conv (DCB ``conv2`` ↔ CB ``conv3``); MDCB ↔ MCB ``offset``, ``dcn`` and ``fuse``. The rest starts fresh.
+
+    Args:
+        to (str): ``"static"`` or ``"dynamic"``.
+        use_mfi (bool, optional): MFI in the new multi-scale block; ``None`` keeps what the old one had.
+        **block_kwargs: forwarded to the new block's constructor.
+
+    >>> type(swap_block("static").build("dfe1.0", DCB(8))).__name__
+    'CB'
+    """
+    if to not in _SWAPS:
+        raise ValueError(f"swap_block(to=...) must be one of {sorted(_SWAPS)}, got {to!r}")
+    return _SwapBlock(to, use_mfi, block_kwargs)
+
+
+class _ToIdentity(Replacement):
+    def __init__(self) -> None:
+        super().__init__("to_identity()")
+
+    def build(self, name: str, module: nn.Module) -> nn.Module:
+        return nn.Identity()
+
+
+def to_identity() -> Replacement:
+    """Replace a module with ``nn.Identity`` (e.g. MFI, for the paper's "w/o MFI").
+
+    Every module is eligible: select only modules whose output has their input's shape.
+
+    >>> to_identity().build("mfi", MFI())
+    Identity()
+    """
+    return _ToIdentity()
+
+
+class _Factory(Replacement):
+    def __init__(self, fn: Factory, label: str) -> None:
+        super().__init__(label)
+        self.fn = fn
+
+    def build(self, name: str, module: nn.Module) -> nn.Module | None:
+        new = self.fn(name, module)
+        if new is not None and not isinstance(new, nn.Module):
+            raise ValueError(f"the factory {self.label} returned {type(new).__name__} for {name!r}, not an nn.Module")
+        return new
+
+
+def factory(fn: Factory, label: str | None = None) -> Replacement:
+    """Wrap a user ``fn(name, module) -> nn.Module``.
+
+    ``fn`` receives a private copy of the selected module, so it may reuse it (weights carried, found by
+    identity) without touching the model. Returning ``None`` or raising ``ValueError`` declines the module;
+    the plan reports it as ineligible with the message.
+
+    >>> factory(lambda name, m: nn.Sequential(m, nn.ReLU()), "with_relu")
+    with_relu
+    """
+    if not callable(fn) or isinstance(fn, nn.Module):
+        raise ValueError(f"factory expects a callable fn(name, module) -> nn.Module, got {fn!r}")
+    return _Factory(fn, label or getattr(fn, "__name__", "factory"))
+
+
+ReplacementLike = Union[Replacement, Factory]
+
+
+def as_replacement(value: object) -> Replacement:
+    """A :class:`Replacement` as is, or a callable ``fn(name, module) -> nn.Module`` wrapped by :func:`factory`.
+
+    >>> as_replacement(to_identity())
+    to_identity()
+    """
+    if isinstance(value, Replacement):
+        return value
+    if isinstance(value, nn.Module) or (isinstance(value, type) and issubclass(value, nn.Module)):
+        raise ValueError(
+            f"replace= takes a Replacement or a factory fn(name, module) -> nn.Module, got the module {value!r}; "
+            "wrap it, e.g. replace=lambda name, module: MyBlock(...)"
+        )
+    if callable(value):
+        return factory(value)
+    raise ValueError(f"replace= takes a Replacement or a factory fn(name, module) -> nn.Module, got {value!r}")

@@ -1,0 +1,319 @@
+"""Benchmark harness shared by every ``dynfilter bench`` suite: timing, peak memory, bandwidth, tables.
+
+Method (also in ``docs/performance.md``):
+
+* **Time.** :func:`time_callables` runs the competing callables *interleaved* -- one call of each per
+  round, after ``warmup`` rounds -- and reports the median over rounds with the thread count, so a
+  noisy neighbour slows every contender of a round alike and ratios from one run stay meaningful.
+  CUDA work is synchronised before each clock read.
+* **Peak memory.** :func:`peak_memory` measures the most tensor memory held *above what was held when
+  the call started*. On CUDA that is ``torch.cuda.max_memory_allocated``. On CPU, torch keeps no peak
+  statistic, so the call runs under ``torch.profiler`` with ``profile_memory=True``: every CPU tensor
+  allocation and free is recorded with its size, and the running sum of those, in time order, peaks
+  at the answer. Only tensor storage from torch's allocator counts (not Python objects, not scratch
+  buffers inside native code), and the profiler's bookkeeping is not in it.
+* **Allocator.** On Linux, glibc returns every freed block of 32 MiB or more to the kernel, so the
+  next large tensor is faulted in again page by page; in a virtual machine whose host reclaims freed
+  guest memory this costs about a second per GB, and it hits whichever contender runs after the one
+  that freed most (the reference frees gigabytes per call). :func:`keep_freed_memory` makes glibc
+  keep freed memory in the process, as a caching allocator (jemalloc, PyTorch's CUDA allocator)
+  does, so that timings compare the computations; ``dynfilter bench --keep-memory`` uses it.
+* **Bandwidth.** :func:`copy_bandwidth` is ``2 × bytes / time`` of ``dst.copy_(src)`` on buffers far
+  larger than the last-level cache; :func:`streaming_bound` divides the bytes an op must move at least
+  (read every input once, write every output once) by it.
+
+Suites are listed in :data:`SUITES` as ``"module:function"``; each function takes a
+:class:`BenchConfig` and returns a list of :class:`Section` (a titled table of rows). Add a suite by
+adding an entry.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import dataclasses
+import importlib
+import io
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ._io import atomic_write
+
+__all__ = [
+    "BenchConfig",
+    "Section",
+    "Timing",
+    "SUITES",
+    "time_callables",
+    "time_callable",
+    "peak_memory",
+    "copy_bandwidth",
+    "keep_freed_memory",
+    "streaming_bound",
+    "environment",
+    "run_suites",
+    "format_markdown",
+    "write_csv",
+]
+
+# Suite name -> "module:function" returning list[Section]; imported only when run.
+SUITES: dict[str, str] = {
+    "dynamic": "experiments.bench_dynamic:dynamic_suite",
+    "adfnet": "experiments.bench_dynamic:adfnet_suite",
+    "deform": "experiments.bench_deform:deform_suite",
+    "model": "experiments.bench_deform:model_suite",
+}
+
+Row = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What every suite receives.
+
+    Args:
+        repeat: timed rounds per measurement (the median is reported).
+        warmup: untimed rounds first.
+        device: ``"cpu"`` or ``"cuda"``.
+        quick: tiny shapes and one round, to check that a suite runs (tests, CI).
+    """
+
+    repeat: int = 5
+    warmup: int = 1
+    device: str = "cpu"
+    quick: bool = False
+
+
+@dataclasses.dataclass
+class Section:
+    """A titled table: ``rows`` share keys; ``columns`` picks and orders those shown in markdown."""
+
+    title: str
+    rows: list[Row]
+    columns: Sequence[str] | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds per call: ``median`` over ``runs``, measured with ``threads`` intra-op threads."""
+
+    median: float
+    runs: tuple[float, ...]
+    threads: int
+
+    @property
+    def ms(self) -> float:
+        return self.median * 1e3
+
+
+def _sync(device: torch.device | str | None) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_callables(
+    fns: Mapping[str, Callable[[], object]],
+    repeat: int = 5,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+) -> dict[str, Timing]:
+    """Median wall time of each callable, measured interleaved (one call of each per round).
+
+    Args:
+        fns: name -> callable taking no arguments.
+        repeat: timed rounds (at least 1).
+        warmup: untimed rounds before them.
+        device: synchronised around each call when it is a CUDA device.
+
+    Returns:
+        name -> :class:`Timing`.
+
+    >>> t = time_callables({"noop": lambda: None}, repeat=3)["noop"]
+    >>> len(t.runs), t.threads == torch.get_num_threads()
+    (3, True)
+    """
+    if repeat < 1 or warmup < 0:
+        raise ValueError(f"repeat must be >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(warmup + repeat):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if round_ >= warmup:
+                runs[name].append(time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    return {name: Timing(statistics.median(r), tuple(r), threads) for name, r in runs.items()}
+
+
+def time_callable(fn: Callable[[], object], repeat: int = 5, warmup: int = 1, device: torch.device | str | None = None) -> Timing:
+    """:func:`time_callables` for one callable."""
+    return time_callables({"fn": fn}, repeat, warmup, device)["fn"]
+
+
+def _cpu_allocation_deltas(prof: torch.profiler.profile) -> list[tuple[int, int]]:
+    """``(time_ns, bytes)`` of every CPU allocation (+) and free (−) the profiler saw."""
+    from torch._C._profiler import _EventType
+
+    deltas = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            deltas.append((node.start_time_ns, int(node.extra_fields.alloc_size)))
+    return sorted(deltas)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
+    """Most tensor bytes held during ``fn()`` above those held when it started (see the module doc).
+
+    Args:
+        fn: the work; its return value is dropped inside the measurement.
+        device: where the tensors live, ``"cpu"`` or a CUDA device.
+
+    Returns:
+        int: bytes.
+
+    >>> peak_memory(lambda: torch.empty(1 << 20, dtype=torch.uint8).fill_(1))
+    1048576
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - start
+    if device.type != "cpu":
+        raise ValueError(f"peak_memory supports cpu and cuda devices, got {device}")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    peak = held = 0
+    for _, delta in _cpu_allocation_deltas(prof):
+        held += delta
+        peak = max(peak, held)
+    return peak
+
+
+def copy_bandwidth(nbytes: int = 1 << 28, repeat: int = 5, device: torch.device | str = "cpu") -> float:
+    """Bytes per second moved by ``dst.copy_(src)`` (one read and one write of ``nbytes`` each).
+
+    Args:
+        nbytes: buffer size; keep it far above the last-level cache (default 256 MiB).
+        repeat: timed copies (median).
+        device: where to copy.
+    """
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.zeros_like(src)
+    t = time_callable(lambda: dst.copy_(src), repeat=repeat, warmup=1, device=device)
+    return 2 * src.numel() * 4 / t.median
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory in the process instead of unmapping it (see the module doc).
+
+    Sets ``M_MMAP_MAX = 0`` (large blocks come from the heap, not from fresh mappings) and a 2 GiB
+    ``M_TRIM_THRESHOLD`` (the heap is not shrunk). Process-wide and irreversible; for benchmarks only.
+
+    Returns:
+        bool: whether it took effect (``False`` where the C library is not glibc).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h> constants
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def streaming_bound(nbytes: int, bandwidth: float) -> float:
+    """Seconds to move ``nbytes`` at ``bandwidth`` bytes/s: no implementation moving them can be faster."""
+    return nbytes / bandwidth
+
+
+def environment() -> dict[str, Any]:
+    """Versions, threads and CPU/GPU names, for the report header."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+    return env
+
+
+def run_suites(names: Sequence[str], config: BenchConfig) -> list[Section]:
+    """Run the named suites (keys of :data:`SUITES`) in order and return all their sections."""
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown benchmark suite(s) {unknown}; known: {sorted(SUITES)}")
+    sections: list[Section] = []
+    for name in names:
+        module, func = SUITES[name].split(":")
+        sections.extend(getattr(importlib.import_module(module), func)(config))
+    return sections
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def format_markdown(section: Section) -> str:
+    """A section as a GitHub markdown table (floats to 3 significant digits), with its title and note.
+
+    >>> print(format_markdown(Section("T", [{"a": 1, "b": 0.12345}])))
+    ### T
+    <BLANKLINE>
+    | a | b |
+    |---|---|
+    | 1 | 0.123 |
+    <BLANKLINE>
+    """
+    columns = list(section.columns or (section.rows[0].keys() if section.rows else []))
+    lines = [f"### {section.title}", ""]
+    if section.note:
+        lines += [section.note, ""]
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for row in section.rows:
+        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(sections: Sequence[Section], path: str | Path) -> Path:
+    """All rows of all sections in one CSV (a ``section`` column first; the union of keys), atomically."""
+    rows = [{"section": s.title, **row} for s in sections for row in s.rows]
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, lambda p: p.write_text(buffer.getvalue()))

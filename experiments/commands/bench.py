@@ -1,0 +1,106 @@
+"""``dynfilter bench [--suite NAME …] [--quick] [--out DIR]``: time and measure the lean ops against references."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from experiments.benchmark import SUITES  # names only; the suites themselves are imported when run
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark the lean dynamic filter (and other suites) against the published formulation",
+        description="Run benchmark suites: times (median of interleaved rounds), peak memory and the memory-"
+        "streaming bound, reference versus lean. Prints markdown tables with ratios and the targets met, and "
+        "writes them to OUT/bench.md and OUT/bench.csv. See docs/performance.md for the method.",
+        epilog="example: dynfilter bench --suite dynamic --repeat 5",
+    )
+    parser.add_argument(
+        "--suite",
+        nargs="+",
+        default=["all"],
+        choices=["all", *SUITES],
+        help="suites to run, in order (default: all)",
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds per measurement; the median is kept (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before them (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--keep-memory",
+        action="store_true",
+        help="keep freed memory in the process (as a caching allocator does) so that page faults on memory the "
+        "other contender just freed do not enter the timings; see docs/performance.md",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and one round: check that the suites run")
+    parser.add_argument("--out", default="bench-results", help="folder for bench.md and bench.csv (default bench-results)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, from the parsed arguments."""
+    parts = ["dynfilter", "bench", "--suite", *args.suite, "--repeat", str(args.repeat), "--warmup", str(args.warmup)]
+    if args.device != "cpu":
+        parts += ["--device", args.device]
+    if args.threads is not None:
+        parts += ["--threads", str(args.threads)]
+    if args.keep_memory:
+        parts.append("--keep-memory")
+    if args.quick:
+        parts.append("--quick")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the memory profiler's start-up chatter
+    import torch
+
+    from experiments.benchmark import (
+        SUITES,
+        BenchConfig,
+        environment,
+        format_markdown,
+        keep_freed_memory,
+        run_suites,
+        write_csv,
+    )
+
+    if args.repeat < 1 or args.warmup < 0:
+        raise ValueError(f"--repeat must be >= 1 and --warmup >= 0, got {args.repeat} and {args.warmup}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device} requested but CUDA is not available")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    names = list(SUITES) if "all" in args.suite else list(dict.fromkeys(args.suite))
+    config = BenchConfig(repeat=1 if args.quick else args.repeat, warmup=args.warmup, device=args.device, quick=args.quick)
+    env = environment()
+    env["allocator"] = "keeps freed memory" if args.keep_memory and keep_freed_memory() else "default"
+    header = [
+        f"Command: `{_command(args)}`",
+        "",
+        "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()),
+        "",
+    ]
+    print("\n".join(header), flush=True)
+    sections = []
+    for name in names:
+        for section in run_suites([name], config):
+            print(format_markdown(section), flush=True)
+            sections.append(section)
+    out = Path(args.out)
+    markdown = "\n".join(header) + "\n" + "\n".join(format_markdown(s) for s in sections)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(markdown)
+    write_csv(sections, out / "bench.csv")
+    print(f"wrote {out / 'bench.md'} and {out / 'bench.csv'}")
+    return {"sections": sections, "environment": env, "out": out}

@@ -1,0 +1,38 @@
+"""``dynfilter plot RESULTS``: gain-vs-depth curves, PSNR vs MACs/params and a markdown table from a results table."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "plot",
+        help="plot a results table: gain vs depth, PSNR vs MACs/params, markdown table",
+        description="Read RESULTS (a results.csv written by `dynfilter sweep`, or its folder) and write "
+        "gain.png/.svg (PSNR(enhanced) - PSNR(baseline) vs depth or blocks, one line per width, one panel per "
+        "backbone and test set), cost.png/.svg (PSNR vs MACs and params) and table.md.",
+    )
+    parser.add_argument("results", metavar="RESULTS", help="results.csv or the folder holding it")
+    parser.add_argument("--out", help="output folder (default: <results folder>/plots)")
+    parser.add_argument("--print", dest="print_table", action="store_true", help="also print the markdown table")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from experiments.plot import plot_results
+
+    paths = plot_results(args.results, args.out)
+    if args.print_table:
+        print(paths["markdown"])
+    if paths["gain"]:
+        print(f"gain plot:  {paths['gain'][0]}  (and .svg)")
+    else:
+        print("gain plot:  none (no enhanced run has a finished baseline yet)")
+    print(f"cost plot:  {paths['cost'][0]}  (and .svg)")
+    print(f"table:      {paths['table']}")
+    return paths

@@ -1,0 +1,97 @@
+"""``dynfilter sweep STUDY``: train and test every run of a study's grid; finished runs are skipped."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+DEFAULT_PRESET = "quick"
+
+# CLI flag (argparse dest) -> path inside the study it overrides (after the study's own sections).
+SHORTCUTS = {
+    "iters": "train.iterations",
+    "sigma": "noise.sigma",
+    "data_root": "data.data_root",
+    "device": "train.device",
+    "threads": "train.threads",
+}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from experiments.config import add_config_arguments
+
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a study: backbone grid x {baseline, enhanced} x seeds, one results row per run",
+        description="Train and test every run of STUDY (e.g. dncnn: depth x channels x {baseline, DConv}; rdn: "
+        "blocks x channels x {baseline, MDCB}) from a preset or your own config. Rows go to <out>/results.csv; "
+        "finished runs are skipped and killed runs resume from <out>/runs/<id>/checkpoint.pt. Several processes "
+        "may share <out> (each claims runs with a lock), e.g. one per --shard i/n.",
+    )
+    parser.add_argument("study", nargs="?", help="study name in the config (dncnn, rdn, ...); optional if it has one")
+    add_config_arguments(parser, DEFAULT_PRESET)
+    parser.add_argument("--out", help="results folder (default: results/<preset or config name>)")
+    parser.add_argument("--list", action="store_true", help="list the run ids and their status, run nothing")
+    parser.add_argument("--run", dest="run_ids", action="append", default=[], metavar="ID",
+                        help="run only this id (repeatable)")
+    parser.add_argument("--shard", metavar="I/N", help="run only shard I of N (0 <= I < N) of the sorted ids")
+    parser.add_argument("--iters", type=int, help="training iterations of every run")
+    parser.add_argument("--sigma", type=float, help="noise level (0-255 scale)")
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    parser.add_argument("--data-root", help="folder holding the standard sets (or set DYNFILTER_DATA)")
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, help="CPU threads for training")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import hashlib
+    from pathlib import Path
+
+    import torch
+
+    from experiments.config import config_from_args, dump_config, set_path, study_config
+    from experiments.results import ResultsTable
+    from experiments.sweep import expand, parse_shard, run_status, run_sweep, select_runs
+
+    config = config_from_args(args, {}, DEFAULT_PRESET)
+    name, study = study_config(config, args.study)
+    for attr, path in SHORTCUTS.items():
+        if getattr(args, attr) is not None:
+            set_path(study, path, getattr(args, attr))
+    if args.seeds is not None:
+        try:
+            study["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    runs = expand(study)
+    chosen = select_runs(runs, args.run_ids, parse_shard(args.shard) if args.shard else None)
+    label = Path(args.config).stem if args.config else (args.preset or DEFAULT_PRESET)
+    out = Path(args.out) if args.out else Path("results") / label
+
+    if args.list:
+        finished = ResultsTable(out).ids()
+        statuses = {r.id: run_status(r, out, finished) for r in chosen}
+        width = max((len(i) for i in statuses), default=0)
+        for run_id, status in statuses.items():
+            print(f"{run_id:<{width}}  {status}")
+        print(f"{len(chosen)} of {len(runs)} runs of study {name!r}; results folder {out}")
+        return {"runs": statuses}
+
+    text = dump_config({"study": name, **study})
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "configs").mkdir(exist_ok=True)
+    (out / "configs" / f"{name}-{digest}.yaml").write_text(text)
+    if study["train"].get("threads"):
+        torch.set_num_threads(int(study["train"]["threads"]))
+    print(f"study {name!r}: {len(chosen)} of {len(runs)} runs -> {out}")
+    outcome = run_sweep(chosen, out, study["measure"], progress=False if args.no_progress else None)
+    print(f"{len(outcome['done'])} run(s) finished now, {len(outcome['skipped'])} already done, "
+          f"{len(outcome['busy'])} claimed by other processes")
+    print(f"results table: {ResultsTable(out).path}")
+    return {"out": str(out), **outcome}

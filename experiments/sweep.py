@@ -1,0 +1,266 @@
+"""Sweeps: expand a study's grid × variants × seeds into runs with stable ids, and run the unfinished ones.
+
+Grid axes. A plain axis name is a backbone argument (``depth``, ``channels``, ``num_blocks``); a
+dotted name sets any run setting: ``train.iterations``, ``train.lr``, ``noise.sigma``,
+``recipe_kwargs.<block argument>`` (passed through the surgery recipe to the inserted blocks;
+dropped for variants without a recipe), ``model.<argument>``; ``seed`` sweeps seeds (else the
+study's ``seeds`` list does). So a budget or initialisation study is a config file, e.g.
+``grid: {depth: [5], train.iterations: [600, 3000], recipe_kwargs.init: [default, identity]}``.
+
+Run ids. ``<backbone>-<axis tokens>-<variant>-s<seed>-<hash>``, e.g. ``dncnn-d5-c32-dconv-s0-3f9a1c2e``:
+the hash covers every setting that changes the result (not paths, devices, thread counts or
+checkpoint frequency), so editing a config gives new ids instead of reusing stale rows, while the
+runs it does not touch keep theirs.
+
+Nothing lost, nothing twice. A finished run is a row in ``<out>/results.csv``
+(:class:`~experiments.results.ResultsTable`); its working folder ``<out>/runs/<id>/`` holds the
+checkpoint a killed run resumes from. A process claims a run with a non-blocking ``flock`` on
+``<out>/runs/<id>/claim.lock`` and skips runs claimed by others, so several processes may share a
+folder, with or without ``--shard i/n``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ._io import try_file_lock
+from .config import SECTIONS, set_path
+from .run import canonical, settings_hash
+
+__all__ = [
+    "Run",
+    "ABBREVIATIONS",
+    "expand",
+    "parse_shard",
+    "select_runs",
+    "run_status",
+    "run_sweep",
+]
+
+# Axis name (its last dotted part) -> the short token used in run ids.
+ABBREVIATIONS: dict[str, str] = {
+    "depth": "d",
+    "channels": "c",
+    "num_blocks": "b",
+    "layers_per_block": "l",
+    "growth": "g",
+    "iterations": "it",
+    "sigma": "n",
+    "batch_size": "bs",
+    "patch_size": "p",
+}
+
+_AXIS_ROOTS: tuple[str, ...] = ("model", "recipe_kwargs") + SECTIONS
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a sweep.
+
+    Attributes:
+        id: stable, file-name-safe identifier.
+        study: the study that listed it.
+        axes: grid value of each axis that applies to this run, in grid order.
+        settings: the run settings (see :mod:`experiments.run`).
+        pair: hash shared with the run of the other variants at the same grid point and seed
+            (the baseline an enhanced run is compared with).
+        cell: hash shared with the same configuration at other seeds.
+        config_hash: hash of ``settings`` (the last part of ``id``).
+
+    >>> from experiments.config import load_config, study_config
+    >>> run = expand(study_config(load_config("smoke"), "dncnn")[1])[1]
+    >>> run.axes, run.settings["recipe"]
+    ({'depth': 3, 'channels': 8}, 'dncnn_dconv')
+    """
+
+    id: str
+    study: str
+    axes: dict[str, Any]
+    settings: dict[str, Any]
+    pair: str
+    cell: str
+    config_hash: str = field(default="")
+
+
+def _token(axis: str, value: Any) -> str:
+    key = axis.split(".")[-1]
+    text = json.dumps(canonical(value)) if isinstance(value, (dict, list)) else str(canonical(value))
+    text = re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_") or "x"
+    if len(text) > 16:
+        text = hashlib.sha1(text.encode()).hexdigest()[:6]
+    return f"{ABBREVIATIONS.get(key, key)}{text}"
+
+
+def _axis_path(axis: str) -> str:
+    if axis == "seed":
+        return "seed"
+    if "." not in axis:
+        return f"model.{axis}"
+    if axis.split(".")[0] not in _AXIS_ROOTS:
+        raise ValueError(
+            f"grid axis {axis!r}: a dotted axis must start with one of {', '.join(_AXIS_ROOTS)} "
+            f"(e.g. train.iterations), or be a plain backbone argument such as depth"
+        )
+    return axis
+
+
+def expand(study: Mapping[str, Any]) -> list[Run]:
+    """All runs of a study (from :func:`experiments.config.study_config`): grid × variants × seeds.
+
+    Axes under ``recipe_kwargs.`` do not apply to variants without a recipe; those runs appear once.
+
+    >>> from experiments.config import load_config, study_config
+    >>> runs = expand(study_config(load_config("smoke"), "dncnn")[1])
+    >>> len(runs), runs[0].id.split("-")[:4]
+    (4, ['dncnn', 'd3', 'c8', 'baseline'])
+    """
+    grid = dict(study.get("grid") or {})
+    paths = {axis: _axis_path(axis) for axis in grid}
+    seeds = [None] if "seed" in grid else list(study.get("seeds") or [0])
+    runs: dict[str, Run] = {}
+    for values in itertools.product(*grid.values()) if grid else [()]:
+        point = dict(zip(grid, values))
+        for variant, spec in study["variants"].items():
+            recipe = spec.get("recipe")
+            for seed in seeds:
+                settings: dict[str, Any] = {
+                    "backbone": study["backbone"],
+                    "model": copy.deepcopy(dict(study.get("model") or {})),
+                    "variant": variant,
+                    "recipe": recipe,
+                    "recipe_kwargs": copy.deepcopy(dict(spec.get("recipe_kwargs") or {})),
+                    "seed": seed,
+                    **{section: copy.deepcopy(dict(study[section])) for section in SECTIONS if section != "measure"},
+                }
+                axes = {}
+                for axis, value in point.items():
+                    if paths[axis].startswith("recipe_kwargs.") and recipe is None:
+                        continue
+                    if axis == "seed":
+                        settings["seed"] = value
+                    else:
+                        set_path(settings, paths[axis], value)
+                    axes[axis] = value
+                if not isinstance(settings["seed"], int) or isinstance(settings["seed"], bool):
+                    raise ValueError(f"seeds must be integers, got {settings['seed']!r}")
+                digest = settings_hash(settings)
+                tokens = [_token(a, v) for a, v in axes.items() if a != "seed"]
+                run_id = "-".join([settings["backbone"], *tokens, variant, f"s{settings['seed']}", digest])
+                run_id = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+                pair = settings_hash(settings, drop=("variant", "recipe", "recipe_kwargs"))
+                cell = settings_hash(settings, drop=("seed",))
+                if run_id not in runs:
+                    runs[run_id] = Run(run_id, study["name"], axes, settings, pair, cell, digest)
+    return list(runs.values())
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)`` with ``0 ≤ i < n`` (Slurm's ``$SLURM_ARRAY_TASK_ID/$N``)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise ValueError(f"--shard takes i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def select_runs(runs: list[Run], run_ids: Iterable[str] = (), shard: tuple[int, int] | None = None) -> list[Run]:
+    """The runs named in ``run_ids`` (all if none), then shard ``i`` of ``n``: every n-th id in sorted order.
+
+    The shards of ``n`` partition the runs: every run is in exactly one shard, whatever the order of
+    the config. Order within the result follows the config.
+    """
+    by_id = {r.id: r for r in runs}
+    wanted = list(run_ids)
+    unknown = [i for i in wanted if i not in by_id]
+    if unknown:
+        raise ValueError(f"unknown run id(s) {unknown}; `dynfilter sweep ... --list` shows the ids")
+    chosen = [by_id[i] for i in dict.fromkeys(wanted)] if wanted else list(runs)
+    if shard is not None:
+        index, count = shard
+        ids = sorted(r.id for r in chosen)
+        mine = set(ids[index::count])
+        chosen = [r for r in chosen if r.id in mine]
+    return chosen
+
+
+def _run_dir(out: Path, run: Run) -> Path:
+    return out / "runs" / run.id
+
+
+def run_status(run: Run, out: str | Path, finished: set[str]) -> str:
+    """``done``, ``running`` (claimed by a live process), ``partial (k/N)`` (a checkpoint exists) or ``pending``."""
+    if run.id in finished:
+        return "done"
+    folder = _run_dir(Path(out), run)
+    if (folder / "claim.lock").exists():
+        with try_file_lock(folder / "claim.lock") as free:
+            if not free:
+                return "running"
+    ckpt = folder / "checkpoint.pt"
+    if ckpt.is_file():
+        from .checkpoint import load_checkpoint
+
+        try:
+            state = load_checkpoint(ckpt)
+            return f"partial ({state['iteration']}/{run.settings['train']['iterations']})"
+        except ValueError:
+            return "partial (unreadable checkpoint)"
+    return "pending"
+
+
+def run_sweep(
+    runs: list[Run],
+    out: str | Path,
+    measure: Mapping[str, Any],
+    *,
+    progress: bool | None = None,
+    log: Any = print,
+) -> dict[str, list[str]]:
+    """Run every unfinished, unclaimed run of ``runs`` and append its row to ``<out>/results.csv``.
+
+    Returns:
+        dict: ids by outcome, ``{"done": [...], "skipped": [...], "busy": [...]}`` (skipped: finished
+        before; busy: claimed by another process).
+    """
+    from .results import ResultsTable
+    from .run import execute
+
+    out = Path(out)
+    table = ResultsTable(out)
+    outcome: dict[str, list[str]] = {"done": [], "skipped": [], "busy": []}
+    for n, run in enumerate(runs, 1):
+        if run.id in table.ids():
+            outcome["skipped"].append(run.id)
+            continue
+        folder = _run_dir(out, run)
+        with try_file_lock(folder / "claim.lock") as mine:
+            if not mine:
+                log(f"[{n}/{len(runs)}] {run.id}: claimed by another process, skipped")
+                outcome["busy"].append(run.id)
+                continue
+            if run.id in table.ids():  # finished by another process between the check and the claim
+                outcome["skipped"].append(run.id)
+                continue
+            log(f"[{n}/{len(runs)}] {run.id}")
+            row = execute(run.settings, measure, folder, progress=progress, meta={"run_id": run.id})
+            row = {
+                "id": run.id,
+                "study": run.study,
+                "grid_axes": ",".join(a for a in run.axes if a != "seed"),
+                **{a: v for a, v in run.axes.items() if a != "seed"},
+                "pair": run.pair,
+                "cell": run.cell,
+                "config_hash": run.config_hash,
+                **row,
+            }
+            table.append(row)
+            psnr = ", ".join(f"{k[5:]} {v:.2f} dB" for k, v in row.items() if k.startswith("psnr_"))
+            log(f"    {psnr}; {row['params']:,} params; {row['train_seconds']:.0f} s training")
+            outcome["done"].append(run.id)
+    return outcome
