@@ -8,6 +8,7 @@ torch.Size([1, 3, 9, 7])
 """
 
 from . import adfnet, dncnn, rdn  # noqa: F401  (importing registers the models)
+from ._padding import pad_to_multiple
 from .adfnet import ADFNet, load_official_state_dict
 from .dncnn import DnCNN
 from .rdn import RDB, RDN
@@ -22,6 +23,7 @@ __all__ = [
     "RDB",
     "ADFNet",
     "load_official_state_dict",
+    "pad_to_multiple",
     "adfnet",
     "dncnn",
     "rdn",

@@ -13,7 +13,7 @@ from typing import Any, Mapping, NamedTuple, Sequence, Union
 import torch
 from torch import nn
 
-from dynfilter import CB, DCB, MCB, MDCB
+from dynfilter import CB, DCB, MCB, MDCB, MFI
 
 from ._checks import check_features, check_positive
 from ._padding import pad_to_multiple
@@ -27,6 +27,9 @@ __all__ = [
     "convert_official_state_dict",
     "load_official_state_dict",
 ]
+
+# The stages of each part, in forward order.
+_PARTS = {"encoder": ("fe1", "fe2", "fe3"), "bottleneck": ("bottleneck",), "decoder": ("dfe3", "dfe2", "dfe1")}
 
 #: A stage's blocks: ``"static"`` (CB + MCB), ``"dynamic"`` (DCB + MDCB), or a pair
 #: ``(single-scale block, multi-scale block)`` of names (``"cb"``/``"dcb"``, ``"mcb"``/``"mdcb"``) or classes.
@@ -133,9 +136,6 @@ class ADFNet(nn.Module):
         self.in_channels = in_channels
         self.widths = widths
         self.mid_channels = mids
-        self.use_mfi = use_mfi
-        #: Class names of each part's ``(single-scale, multi-scale)`` blocks, e.g. ``("DCB", "MDCB")``.
-        self.block_names = {part: (a.__name__, b.__name__) for part, (a, b) in blocks.items()}
 
         def stage(level: int, part: str) -> nn.Sequential:
             single, multi = blocks[part]
@@ -183,6 +183,26 @@ class ADFNet(nn.Module):
         d2 = self.dfe2(self.up2(d3) + e2)
         d1 = self.dfe1(self.up1(d2) + e1)
         return self.tail(d1) + x
+
+    # Read from the child modules rather than stored, so they stay true after surgery swaps blocks.
+    @property
+    def block_names(self) -> dict[str, tuple[str, str] | dict[str, tuple[str, str]]]:
+        """Class names of each part's ``(single-scale, multi-scale)`` blocks, e.g. ``("DCB", "MDCB")``.
+
+        A part whose stages hold different blocks (after surgery on one stage) maps stage name to pair.
+        """
+        names: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {}
+        for part, stages in _PARTS.items():
+            pairs = {stage: tuple(type(block).__name__ for block in getattr(self, stage)) for stage in stages}
+            distinct = set(pairs.values())
+            names[part] = distinct.pop() if len(distinct) == 1 else pairs
+        return names
+
+    @property
+    def use_mfi(self) -> bool:
+        """Whether every multi-scale block applies MFI."""
+        stages = [stage for part in _PARTS.values() for stage in part]
+        return all(isinstance(getattr(getattr(self, stage)[1], "mfi", None), MFI) for stage in stages)
 
     def extra_repr(self) -> str:
         s = f"in_channels={self.in_channels}, widths={self.widths}"

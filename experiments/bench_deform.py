@@ -27,8 +27,7 @@ from torch import nn
 import dynfilter
 from dynfilter import _deform
 
-from .bench_dynamic import _targets
-from .benchmark import BenchConfig, Section, peak_memory, time_callables
+from .benchmark import BenchConfig, Section, peak_memory, targets_section, time_callables
 
 __all__ = ["deform_suite", "model_suite", "DEFORM_SCALES"]
 
@@ -119,7 +118,7 @@ def deform_suite(config: BenchConfig) -> list[Section]:
         f"Median of {config.repeat} interleaved rounds; {_GROUPS} offset groups, 3×3, offsets ~N(0, 1) px. "
         f"Lean column budget {_deform.COLUMNS_BUDGET_BYTES / _MIB:g} MiB per chunk; peak memory is above the inputs."
     )
-    return [Section("Modulated deformable conv: time per call", rows, note=note), _targets(rows, _DEFORM_TARGETS)]
+    return [Section("Modulated deformable conv: time per call", rows, note=note), targets_section(rows, _DEFORM_TARGETS)]
 
 
 def _adfnet(config: BenchConfig) -> tuple[nn.Module, int, tuple[int, int]]:
@@ -215,7 +214,7 @@ def model_suite(config: BenchConfig) -> list[Section]:
             note=f"Forward, L1 loss, backward; median of {repeat} interleaved rounds; the same weights, offset convs "
             "initialised N(0, 0.01²) so that taps move. Inference against the reference ops: the `adfnet` suite.",
         ),
-        _targets([train_row], targets),
+        targets_section([train_row], targets),
         Section(
             "ADFNet inference options",
             infer_rows,

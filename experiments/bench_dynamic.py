@@ -9,15 +9,14 @@ its targets (issue 6) and whether this run meets them.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 import dynfilter
 from dynfilter import _native
 
-from .benchmark import BenchConfig, Section, copy_bandwidth, peak_memory, streaming_bound, time_callables
+from .benchmark import BenchConfig, Section, copy_bandwidth, peak_memory, streaming_bound, targets_section, time_callables
 
 __all__ = ["dynamic_suite", "adfnet_suite", "SHAPES", "DILATIONS"]
 
@@ -33,16 +32,6 @@ _DYNAMIC_TARGETS = (
     ("forward within 2.5× of the streaming bound", "fwd / bound", 2.5, "max"),
     ("DConv training-step peak memory ≤ 0.5× the reference", "step mem ratio", 0.5, "max"),
 )
-
-
-def _targets(rows: list[dict[str, Any]], targets) -> Section:
-    out = []
-    for name, column, required, worst in targets:
-        values = [r[column] for r in rows if not math.isnan(r[column])]
-        reached = (min if worst == "min" else max)(values) if values else float("nan")
-        met = reached >= required if worst == "min" else reached <= required
-        out.append({"target": name, "required": required, "worst case reached": reached, "met": "yes" if met else "NO"})
-    return Section("Targets", out, note="Worst case over the rows above, from this one run.")
 
 
 def _static_depthwise(channels: int, dilation: int, device: str) -> torch.nn.Conv2d:
@@ -141,7 +130,7 @@ def dynamic_suite(config: BenchConfig) -> list[Section]:
             note="A step is forward, mean-square loss, backward. 'data input': x needs no gradient (the first "
             "layer); 'inner input': x needs one, as anywhere inside a network.",
         ),
-        _targets(speed, _DYNAMIC_TARGETS),
+        targets_section(speed, _DYNAMIC_TARGETS),
     ]
 
 
@@ -217,5 +206,5 @@ def adfnet_suite(config: BenchConfig) -> list[Section]:
             rows,
             note=f"Median of {repeat} interleaved rounds, torch.inference_mode(); speedup against the first row.",
         ),
-        _targets(rows[-1:], targets),
+        targets_section(rows[-1:], targets),
     ]

@@ -35,6 +35,7 @@ import dataclasses
 import importlib
 import io
 import math
+import os
 import platform
 import statistics
 import time
@@ -60,6 +61,7 @@ __all__ = [
     "run_suites",
     "format_markdown",
     "write_csv",
+    "targets_section",
 ]
 
 # Suite name -> "module:function" returning list[Section]; imported only when run.
@@ -111,6 +113,21 @@ class Timing:
     @property
     def ms(self) -> float:
         return self.median * 1e3
+
+
+#: A target: (description, column, required value, "min" if larger is better else "max").
+Target = tuple[str, str, float, str]
+
+
+def targets_section(rows: list[Row], targets: Sequence[Target]) -> Section:
+    """Check ``targets`` against the worst case over ``rows`` (NaN cells are skipped)."""
+    out = []
+    for name, column, required, worst in targets:
+        values = [r[column] for r in rows if not math.isnan(r[column])]
+        reached = (min if worst == "min" else max)(values) if values else float("nan")
+        met = reached >= required if worst == "min" else reached <= required
+        out.append({"target": name, "required": required, "worst case reached": reached, "met": "yes" if met else "NO"})
+    return Section("Targets", out, note="Worst case over the rows above, from this one run.")
 
 
 def _sync(device: torch.device | str | None) -> None:
@@ -198,6 +215,9 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
         raise ValueError(f"peak_memory supports cpu and cuda devices, got {device}")
     from torch.profiler import ProfilerActivity, profile
 
+    # Kineto prints start/stop and missing-GPU lines to stderr for every profiled call; level 6 silences
+    # them (read when the profiler starts, so setting it here is early enough). A user's own value wins.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     peak = held = 0

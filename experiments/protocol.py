@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from backbones._padding import pad_to_multiple
+from backbones import pad_to_multiple
 
 from .metrics import ImageMetrics
 from .noise import GaussianNoise, image_seed
@@ -96,7 +96,7 @@ def denoise(model: nn.Module, noisy: torch.Tensor, multiple: int = 1) -> torch.T
     """Run ``model`` on ``Tensor[B, C, H, W]``: pad to ``multiple``, forward, crop back, clamp to ``[0, 1]``.
 
     Padding is on the bottom and right, reflecting (replicating on a side too short to reflect);
-    see :func:`backbones._padding.pad_to_multiple`.
+    see :func:`backbones.pad_to_multiple`.
     """
     h, w = noisy.shape[-2:]
     out = model(pad_to_multiple(noisy, multiple))

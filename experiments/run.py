@@ -182,22 +182,6 @@ def train_model(
     return model, result
 
 
-class _Subset:
-    """The first ``n`` images of an image set, keeping its name and image names."""
-
-    def __init__(self, dataset: Any, n: int) -> None:
-        self.dataset, self.n = dataset, min(n, len(dataset))
-        self.name = dataset.name
-        self.names = list(dataset.names)[: self.n]
-        self.paired = getattr(dataset, "paired", False)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> Any:
-        return self.dataset[index]
-
-
 def evaluate_model(
     model: nn.Module, settings: Mapping[str, Any], per_image: str | os.PathLike | None = None
 ) -> dict[str, Any]:
@@ -215,9 +199,8 @@ def evaluate_model(
     rows: list[dict[str, Any]] = []
     for name in names:
         dataset = open_dataset(name, data.get("data_root"), channels=data.get("channels"))
-        if test.get("max_images"):
-            dataset = _Subset(dataset, int(test["max_images"]))
-        rows += evaluate(model, dataset, protocol)
+        limit = int(test["max_images"]) if test.get("max_images") else None
+        rows += evaluate(model, dataset, protocol, limit=limit)
     out: dict[str, Any] = {}
     for summary in summarize(rows):
         name = summary.pop("set")

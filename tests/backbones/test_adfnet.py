@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import backbones
-from backbones._padding import pad_to_multiple
+from backbones import pad_to_multiple
 from backbones.adfnet import ADFNet, stage_blocks
 from dynfilter import CB, DCB, MCB, MDCB, MFI
 
@@ -267,3 +267,15 @@ def test_offset_convs_get_no_gradient_at_init():
         block = model.get_submodule(s)[1]
         assert block.offset.weight.grad.abs().max() == 0
         assert block.dcn.conv_offset_mask.weight.grad.abs().max() > 0
+
+
+def test_block_names_and_use_mfi_follow_surgery():
+    from dynfilter import surgery
+
+    model = ADFNet(widths=(8, 8, 8, 8))
+    assert model.block_names["decoder"] == ("DCB", "MDCB") and model.use_mfi
+    swapped = surgery.recipes.adfnet_ablation(model, "wo_dcb").apply()
+    assert swapped.block_names["decoder"] == ("CB", "MDCB")
+    one_stage = surgery.plan(model, select=surgery.select.by_name("dfe1.0"), replace=surgery.replace.swap_block("static")).apply()
+    assert one_stage.block_names["decoder"] == {"dfe3": ("DCB", "MDCB"), "dfe2": ("DCB", "MDCB"), "dfe1": ("CB", "MDCB")}
+    assert not surgery.recipes.adfnet_ablation(model, "wo_mfi").apply().use_mfi
