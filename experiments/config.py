@@ -51,7 +51,7 @@ __all__ = [
     "config_from_args",
 ]
 
-PRESETS: tuple[str, ...] = ("smoke", "quick", "standard", "paper")
+PRESETS: tuple[str, ...] = ("smoke", "quick", "standard", "paper", "budget")
 
 DEFAULTS: dict[str, Any] = {
     "description": "",

@@ -1,9 +1,12 @@
-"""Plots and tables from a results table (and nothing else): gain vs depth, PSNR vs cost, markdown.
+"""Plots and tables from a results table (and nothing else): gain vs a grid axis, PSNR vs cost, markdown.
 
 The gain of an enhanced run is ``PSNR(enhanced) − PSNR(baseline)`` against the baseline run with the
 same ``pair`` key (same backbone, grid point, training settings and seed; see
 :mod:`experiments.sweep`). Gains are then averaged over seeds: the mean, the sample standard
 deviation (error bars) and the number of seeds. A baseline is a row with no surgery ``recipe``.
+
+The gain plot's x axis is any grid axis (``x="iterations"`` for a budget study; a name matches an axis
+exactly or by its last dotted part, so ``iterations`` is ``train.iterations``), by default the first.
 
 Figures use matplotlib's Agg backend and are written as PNG and SVG.
 """
@@ -18,9 +21,24 @@ import pandas as pd
 
 from .results import read_results
 
-__all__ = ["result_sets", "gain_table", "cell_table", "markdown_table", "plot_gain", "plot_cost", "plot_results"]
+__all__ = [
+    "result_sets",
+    "resolve_axis",
+    "seed_gains",
+    "gain_table",
+    "cell_table",
+    "markdown_table",
+    "plot_gain",
+    "plot_cost",
+    "plot_results",
+]
 
-_AXIS_LABELS = {"depth": "depth (conv layers)", "num_blocks": "number of blocks", "channels": "channels"}
+_AXIS_LABELS = {
+    "depth": "depth (conv layers)",
+    "num_blocks": "number of blocks",
+    "channels": "channels",
+    "train.iterations": "training iterations",
+}
 
 
 def _is_baseline(df: pd.DataFrame) -> pd.Series:
@@ -40,6 +58,40 @@ def _axes(df: pd.DataFrame) -> list[str]:
     return [a for a in out if a in df.columns]
 
 
+def resolve_axis(df: pd.DataFrame, name: str) -> str:
+    """The grid axis of ``df`` called ``name``, or whose last dotted part is ``name``.
+
+    >>> resolve_axis(pd.DataFrame({"grid_axes": ["train.iterations,depth"], "train.iterations": [1], "depth": [5]}),
+    ...              "iterations")
+    'train.iterations'
+    """
+    axes = _axes(df)
+    if name in axes:
+        return name
+    found = [a for a in axes if a.split(".")[-1] == name]
+    if len(found) != 1:
+        why = "is ambiguous" if found else "is not a grid axis"
+        raise ValueError(f"x axis {name!r} {why} of this results table; its grid axes are: {', '.join(axes) or 'none'}")
+    return found[0]
+
+
+def seed_gains(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per enhanced run that has a finished baseline: its ``gain_<set>`` for each test set.
+
+    Columns: ``backbone``, ``variant``, ``cell``, ``pair``, ``seed``, the grid axes and ``gain_<set>``.
+    """
+    sets = result_sets(df)
+    base = df[_is_baseline(df)]
+    enhanced = df[~_is_baseline(df)]
+    if base["pair"].duplicated().any():
+        raise ValueError("the table holds several baseline rows with the same pair key; it is not a sweep table")
+    merged = enhanced.merge(base[["pair"] + [f"psnr_{s}" for s in sets]], on="pair", suffixes=("", "_base"))
+    for s in sets:
+        merged[f"gain_{s}"] = merged[f"psnr_{s}"] - merged[f"psnr_{s}_base"]
+    keep = ["backbone", "variant", "cell", "pair"] + (["seed"] if "seed" in merged else []) + _axes(df)
+    return merged[keep + [f"gain_{s}" for s in sets]]
+
+
 def gain_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per enhanced configuration (backbone, variant, cell): gains over seeds.
 
@@ -56,13 +108,7 @@ def gain_table(df: pd.DataFrame) -> pd.DataFrame:
     (0.6, 0.1414, 2)
     """
     sets = result_sets(df)
-    base = df[_is_baseline(df)]
-    enhanced = df[~_is_baseline(df)]
-    if base["pair"].duplicated().any():
-        raise ValueError("the table holds several baseline rows with the same pair key; it is not a sweep table")
-    merged = enhanced.merge(base[["pair"] + [f"psnr_{s}" for s in sets]], on="pair", suffixes=("", "_base"))
-    for s in sets:
-        merged[f"gain_{s}"] = merged[f"psnr_{s}"] - merged[f"psnr_{s}_base"]
+    merged = seed_gains(df)
     axes = _axes(df)
     rows = []
     for (backbone, variant, cell), group in merged.groupby(["backbone", "variant", "cell"], sort=False):
@@ -106,26 +152,36 @@ def _fmt(value: Any, spec: str = "") -> str:
     return format(value, spec) if spec else str(value)
 
 
-def _line_axes(df: pd.DataFrame, backbone: str) -> tuple[str | None, list[str]]:
-    axes = _axes(df[df["backbone"] == backbone])
+def _line_axes(df: pd.DataFrame, backbone: str, x: str | None = None) -> tuple[str | None, list[str]]:
+    """``(x axis, other axes)`` of one backbone's rows: ``x`` (resolved) first if given, else the first axis."""
+    sub = df[df["backbone"] == backbone]
+    axes = _axes(sub)
+    if x is not None:
+        x = resolve_axis(sub, x)
+        return x, [a for a in axes if a != x]
     return (axes[0] if axes else None), axes[1:]
 
 
-def markdown_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame, x: str | None = None) -> str:
     """Per backbone, one line per configuration: grid values, variant, seeds, PSNR (and gain) per
-    test set, parameters, MACs and training time."""
+    test set, parameters, MACs, training time (and per iteration) and test latency.
+
+    Lines are grouped by the axes other than ``x`` (see :func:`plot_gain`), ``x`` varying fastest.
+    """
     sets = result_sets(df)
     cells = cell_table(df)
     gains = gain_table(df)
+    per_iteration = {"train_seconds", "iterations"} <= set(cells.columns)
+    latency = "latency_ms" in cells.columns
     lines: list[str] = []
     for backbone in dict.fromkeys(cells["backbone"]):
         sub = cells[cells["backbone"] == backbone]
-        x, others = _line_axes(df, backbone)
-        axes = [a for a in [x, *others] if a]
+        x_axis, others = _line_axes(df, backbone, x)
+        axes = [a for a in [x_axis, *others] if a]
         sub = sub.sort_values(by=[*axes[::-1], "baseline"], ascending=[True] * len(axes) + [False], kind="stable") if axes else sub
         head = [*axes, "variant", "seeds"]
         head += [f"PSNR {s} (dB)" for s in sets] + [f"gain {s} (dB)" for s in sets]
-        head += ["params", "GMACs", "train (s)"]
+        head += ["params", "GMACs", "train (s)"] + ["train (ms/it)"] * per_iteration + ["latency (ms)"] * latency
         lines += [f"**{backbone}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in sub.iterrows():
             gain = gains[(gains["backbone"] == backbone) & (gains["cell"] == r["cell"])] if len(gains) else gains
@@ -139,13 +195,18 @@ def markdown_table(df: pd.DataFrame) -> str:
                     cells_.append(f"{g:+.2f}" + (f" ± {sd:.2f}" if int(gain["seeds"].iloc[0]) > 1 else ""))
             cells_ += [_fmt(r.get("params", float("nan")), ",.0f"), _fmt(r.get("macs", float("nan")) / 1e9, ".3f"),
                        _fmt(r.get("train_seconds", float("nan")), ".0f")]
+            if per_iteration:
+                cells_.append(_fmt(1000 * r["train_seconds"] / r["iterations"], ".1f") if r["iterations"] else "")
+            if latency:
+                cells_.append(_fmt(r["latency_ms"], ".2f"))
             lines.append("| " + " | ".join(cells_) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def _label(row: pd.Series, others: list[str], variant: bool) -> str:
-    parts = [f"{_AXIS_LABELS.get(a, a).split(' ')[0]}={_fmt(row[a])}" for a in others if a in row and not pd.isna(row[a])]
+    parts = [f"{_AXIS_LABELS.get(a, a.split('.')[-1]).split(' ')[0]}={_fmt(row[a])}"
+             for a in others if a in row and not pd.isna(row[a])]
     if variant:
         parts.append(str(row["variant"]))
     return ", ".join(parts) or str(row["variant"])
@@ -170,37 +231,57 @@ def _save(plt: Any, fig: Any, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def plot_gain(df: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
-    """Gain vs the first grid axis (depth / number of blocks), one line per value of the other axes
-    (channel width, …), one panel per backbone (columns) and test set (rows); error bars are the
-    seed standard deviation."""
+def _log_scale(values: pd.Series) -> bool:
+    """A log x axis for positive values spanning a factor of 10 or more (training budgets, not depths)."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    return bool(len(v)) and bool((v > 0).all()) and v.max() >= 10 * v.min()
+
+
+def plot_gain(df: pd.DataFrame, out: str | os.PathLike, x: str | None = None) -> list[Path]:
+    """Gain vs grid axis ``x`` (default: the first, i.e. depth / number of blocks), one line per value of
+    the other axes (and per variant when there are several), one panel per backbone (columns) and test
+    set (rows). Error bars are the seed standard deviation; small dots are the single seeds. A log
+    scale is used when the x values span a factor of 10 or more; axes with a single value are left out
+    of the legend."""
     gains = gain_table(df)
     if gains.empty:
         raise ValueError("no enhanced run has a finished baseline with the same settings and seed; nothing to plot")
+    per_seed = seed_gains(df)
     sets = result_sets(df)
     backbones = list(dict.fromkeys(gains["backbone"]))
     plt, fig, axs = _figure(len(sets), len(backbones))
     for j, backbone in enumerate(backbones):
         sub = gains[gains["backbone"] == backbone]
-        x, others = _line_axes(df, backbone)
+        dots = per_seed[per_seed["backbone"] == backbone]
+        x_axis, others = _line_axes(df, backbone, x)
         several = sub["variant"].nunique() > 1
         keys = [a for a in others if a in sub] + (["variant"] if several else [])
+        shown = [a for a in others if a in sub and sub[a].nunique(dropna=True) > 1]
         for i, s in enumerate(sets):
             ax = axs[i][j]
-            groups = sub.groupby(keys, sort=True) if keys else [((), sub)]
+            groups = sub.groupby(keys, sort=True, dropna=False) if keys else [((), sub)]
             for _, line in groups:
-                line = line.sort_values(x) if x else line
-                xs = line[x] if x else range(len(line))
+                line = line.sort_values(x_axis) if x_axis else line
+                xs = line[x_axis] if x_axis else range(len(line))
                 yerr = line[f"gain_{s}_std"] if (line["seeds"] > 1).any() else None
-                ax.errorbar(xs, line[f"gain_{s}"], yerr=yerr, marker="o", capsize=3,
-                            label=_label(line.iloc[0], others, several))
+                drawn = ax.errorbar(xs, line[f"gain_{s}"], yerr=yerr, marker="o", capsize=3,
+                                    label=_label(line.iloc[0], shown, several))
+                if x_axis and (line["seeds"] > 1).any():
+                    points = dots[dots["cell"].isin(line["cell"])]
+                    ax.scatter(points[x_axis], points[f"gain_{s}"], s=9, alpha=0.5, color=drawn.lines[0].get_color(),
+                               zorder=3)
             ax.axhline(0.0, color="0.6", lw=0.8, ls="--")
-            ax.set_xlabel(_AXIS_LABELS.get(x, x) if x else "configuration")
+            ax.set_xlabel(_AXIS_LABELS.get(x_axis, x_axis) if x_axis else "configuration")
             ax.set_ylabel(f"PSNR gain on {s} (dB)")
             variants = ", ".join(dict.fromkeys(sub["variant"]))
             ax.set_title(f"{backbone}: {variants} − baseline", fontsize=10)
-            if x:
-                ax.set_xticks(sorted(set(sub[x])))
+            if x_axis:
+                if _log_scale(sub[x_axis]):
+                    ax.set_xscale("log")
+                    ax.minorticks_off()
+                ticks = sorted(set(sub[x_axis]))
+                ax.set_xticks(ticks)
+                ax.set_xticklabels([_fmt(t) for t in ticks])
             ax.legend(fontsize=8)
     return _save(plt, fig, Path(out), "gain")
 
@@ -233,12 +314,15 @@ def plot_cost(df: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
     return _save(plt, fig, Path(out), "cost")
 
 
-def plot_results(results: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, Any]:
+def plot_results(
+    results: str | os.PathLike, out: str | os.PathLike | None = None, x: str | None = None
+) -> dict[str, Any]:
     """Read a results table and write ``gain.{png,svg}``, ``cost.{png,svg}`` and ``table.md`` to ``out``.
 
     Args:
         results: the CSV, or the folder holding ``results.csv``.
         out: the output folder; defaults to ``<results folder>/plots``.
+        x: the grid axis of the gain plot's x axis and the table's innermost order (see :func:`plot_gain`).
 
     Returns:
         dict: ``{"gain": [png, svg], "cost": [png, svg], "table": md path, "markdown": text}``; ``gain``
@@ -251,9 +335,12 @@ def plot_results(results: str | os.PathLike, out: str | os.PathLike | None = Non
     out = Path(out) if out is not None else folder / "plots"
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Any] = {"gain": [], "cost": plot_cost(df, out)}
+    if x is not None:
+        for backbone in dict.fromkeys(df["backbone"]):
+            resolve_axis(df[df["backbone"] == backbone], x)  # fail before drawing anything
     if not gain_table(df).empty:
-        paths["gain"] = plot_gain(df, out)
-    text = markdown_table(df)
+        paths["gain"] = plot_gain(df, out, x)
+    text = markdown_table(df, x)
     table = out / "table.md"
     table.write_text(text)
     paths["table"] = table

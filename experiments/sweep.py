@@ -5,7 +5,7 @@ dotted name sets any run setting: ``train.iterations``, ``train.lr``, ``noise.si
 ``recipe_kwargs.<block argument>`` (passed through the surgery recipe to the inserted blocks;
 dropped for variants without a recipe), ``model.<argument>``; ``seed`` sweeps seeds (else the
 study's ``seeds`` list does). So a budget or initialisation study is a config file, e.g.
-``grid: {depth: [5], train.iterations: [600, 3000], recipe_kwargs.init: [default, identity]}``.
+``grid: {depth: [5], train.iterations: [600, 3000], recipe_kwargs.init: [published, identity]}``.
 
 Run ids. ``<backbone>-<axis tokens>-<variant>-s<seed>-<hash>``, e.g. ``dncnn-d5-c32-dconv-s0-3f9a1c2e``:
 the hash covers every setting that changes the result (not paths, devices, thread counts or
@@ -17,6 +17,14 @@ Nothing lost, nothing twice. A finished run is a row in ``<out>/results.csv``
 checkpoint a killed run resumes from. A process claims a run with a non-blocking ``flock`` on
 ``<out>/runs/<id>/claim.lock`` and skips runs claimed by others, so several processes may share a
 folder, with or without ``--shard i/n``.
+
+Budgets continue each other. Nothing in training depends on the total number of iterations (the
+learning-rate schedule counts steps), so a run is its shorter-budget twin continued: before a run
+starts, the sweep copies in the final checkpoint of the longest finished twin (same settings except
+``train.iterations``; see :attr:`Run.trajectory`) when that is further along than its own, and
+training resumes from it. The weights are those of an uninterrupted run (bit-identical on the same
+machine and thread count), ``train_seconds`` still counts every step, and the row's ``warm_start``
+names the twin. Listing ``train.iterations`` first in the grid runs the short budgets first.
 """
 
 from __future__ import annotations
@@ -26,11 +34,12 @@ import hashlib
 import itertools
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ._io import try_file_lock
+from ._io import atomic_write, try_file_lock
 from .config import SECTIONS, set_path
 from .run import canonical, settings_hash
 
@@ -41,6 +50,7 @@ __all__ = [
     "parse_shard",
     "select_runs",
     "run_status",
+    "warm_start",
     "run_sweep",
 ]
 
@@ -73,6 +83,8 @@ class Run:
             (the baseline an enhanced run is compared with).
         cell: hash shared with the same configuration at other seeds.
         config_hash: hash of ``settings`` (the last part of ``id``).
+        trajectory: hash shared with the same run at other ``train.iterations``: such runs follow one
+            training trajectory, so a longer one may continue a shorter one's final checkpoint.
 
     >>> from experiments.config import load_config, study_config
     >>> run = expand(study_config(load_config("smoke"), "dncnn")[1])[1]
@@ -87,6 +99,7 @@ class Run:
     pair: str
     cell: str
     config_hash: str = field(default="")
+    trajectory: str = field(default="")
 
 
 def _token(axis: str, value: Any) -> str:
@@ -156,8 +169,9 @@ def expand(study: Mapping[str, Any]) -> list[Run]:
                 run_id = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
                 pair = settings_hash(settings, drop=("variant", "recipe", "recipe_kwargs"))
                 cell = settings_hash(settings, drop=("seed",))
+                trajectory = settings_hash(settings, drop=("train.iterations",))
                 if run_id not in runs:
-                    runs[run_id] = Run(run_id, study["name"], axes, settings, pair, cell, digest)
+                    runs[run_id] = Run(run_id, study["name"], axes, settings, pair, cell, digest, trajectory)
     return list(runs.values())
 
 
@@ -214,15 +228,68 @@ def run_status(run: Run, out: str | Path, finished: set[str]) -> str:
     return "pending"
 
 
+def _checkpoint_iteration(path: Path) -> int:
+    """Steps completed in the checkpoint at ``path``; 0 when there is none or it cannot be read."""
+    from .checkpoint import load_checkpoint
+
+    if not path.is_file():
+        return 0
+    try:
+        return int(load_checkpoint(path)["iteration"])
+    except ValueError:
+        return 0
+
+
+def warm_start(run: Run, pool: Iterable[Run], out: str | Path, finished: set[str]) -> str | None:
+    """Copy into ``run``'s folder the final checkpoint of its longest finished shorter-budget twin.
+
+    A twin is a run of ``pool`` with the same :attr:`Run.trajectory` and fewer ``train.iterations``
+    whose row is in the table (``finished``) and whose checkpoint completed those iterations. It is
+    used only when it is further along than ``run``'s own checkpoint. Call it while holding ``run``'s
+    claim.
+
+    Returns:
+        str | None: the id of the twin continued from, or ``None``.
+    """
+    out = Path(out)
+    target = int(run.settings["train"]["iterations"])
+    own = _checkpoint_iteration(_run_dir(out, run) / "checkpoint.pt")
+    twins = sorted(
+        (int(r.settings["train"]["iterations"]), r.id, r)
+        for r in pool
+        if r.trajectory == run.trajectory and r.id != run.id and r.id in finished
+        and own < int(r.settings["train"]["iterations"]) < target
+    )
+    for iterations, _, twin in reversed(twins):
+        source = _run_dir(out, twin) / "checkpoint.pt"
+        if _checkpoint_iteration(source) != iterations:
+            continue
+        atomic_write(_run_dir(out, run) / "checkpoint.pt", lambda tmp: shutil.copyfile(source, tmp))
+        return twin.id
+    return None
+
+
 def run_sweep(
     runs: list[Run],
     out: str | Path,
     measure: Mapping[str, Any],
     *,
+    pool: Iterable[Run] | None = None,
+    continue_budgets: bool = True,
     progress: bool | None = None,
     log: Any = print,
 ) -> dict[str, list[str]]:
     """Run every unfinished, unclaimed run of ``runs`` and append its row to ``<out>/results.csv``.
+
+    Args:
+        runs: the runs to do, in order.
+        out: the results folder.
+        measure: the ``measure`` section (MACs and latency input).
+        pool: where to look for shorter-budget twins to continue (see :func:`warm_start`); defaults to
+            ``runs``. Pass the whole study when ``runs`` is a shard.
+        continue_budgets: continue shorter-budget twins; ``False`` trains every run from step 0.
+        progress: tqdm bars (``None``: when stderr is a terminal).
+        log: where progress lines go.
 
     Returns:
         dict: ids by outcome, ``{"done": [...], "skipped": [...], "busy": [...]}`` (skipped: finished
@@ -233,6 +300,7 @@ def run_sweep(
 
     out = Path(out)
     table = ResultsTable(out)
+    pool = list(runs if pool is None else pool)
     outcome: dict[str, list[str]] = {"done": [], "skipped": [], "busy": []}
     for n, run in enumerate(runs, 1):
         if run.id in table.ids():
@@ -248,6 +316,9 @@ def run_sweep(
                 outcome["skipped"].append(run.id)
                 continue
             log(f"[{n}/{len(runs)}] {run.id}")
+            source = warm_start(run, pool, out, table.ids()) if continue_budgets else None
+            if source is not None:
+                log(f"    continuing {source} (same trajectory, shorter budget)")
             row = execute(run.settings, measure, folder, progress=progress, meta={"run_id": run.id})
             row = {
                 "id": run.id,
@@ -257,6 +328,8 @@ def run_sweep(
                 "pair": run.pair,
                 "cell": run.cell,
                 "config_hash": run.config_hash,
+                "trajectory": run.trajectory,
+                "warm_start": source or "",
                 **row,
             }
             table.append(row)

@@ -10,6 +10,13 @@ weights from the model it is applied to.
 Wrapped models: ``torch.compile`` (``OptimizedModule``), ``nn.DataParallel`` and ``DistributedDataParallel``
 are unwrapped; plans and results refer to the inner model and are not re-wrapped. TorchScript is refused.
 
+Keeping the output. Each entry says whether the rewritten model computes exactly what the original
+did before any training (``keeps_output``; the table's "output" column), and if not, why
+(``output_note``). ``plan(..., preserve_output=True)`` asks every replacement for its output-keeping
+form (an inserted DConv with ``init="identity"``, an inserted residual block with the last layer of its
+branch zeroed); matches that have none (a conv swapped for a DConv drops the conv) cannot take it: strict
+plans raise, lenient ones skip them.
+
 Shared modules (one instance reachable under several names) count once. With ``shared="tie"`` (default)
 every name is pointed at the same new module, so the sharing survives; ``shared="error"`` raises instead.
 """
@@ -117,6 +124,8 @@ class Entry:
         reason (str | None): why it is not swapped.
         carried (dict[str, str]): ``{new_key: old_key}`` of state-dict entries copied from ``old``.
         replacement (str): the replacement's label.
+        keeps_output (bool): the new module computes exactly what ``old`` did, before training.
+        output_note (str): why the output may change (empty when it is kept).
     """
 
     name: str
@@ -126,6 +135,8 @@ class Entry:
     reason: str | None = None
     carried: dict[str, str] = field(default_factory=dict)
     replacement: str = ""
+    keeps_output: bool = False
+    output_note: str = ""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -151,6 +162,8 @@ class Entry:
             "carried": dict(self.carried),
             "replacement": self.replacement,
             "reason": self.reason,
+            "keeps_output": self.keeps_output,
+            "output_note": self.output_note,
         }
 
 
@@ -206,6 +219,11 @@ class Plan:
         return _n_params(self.model)
 
     @property
+    def keeps_output(self) -> bool:
+        """Whether the rewritten model computes exactly what the planned one does, before training."""
+        return all(e.keeps_output for e in self.entries)
+
+    @property
     def params_after(self) -> int:
         # Entries are disjoint (nested matches are pruned), so the differences add up.
         return self.params_before + sum(e.params_after - e.params_before for e in self.entries)
@@ -235,13 +253,14 @@ class Plan:
     def __str__(self) -> str:
         lines = [f"Surgery plan for {type(self.model).__name__}: {len(self)} replacement(s)"]
         lines += [f"  step: {s}" for s in self.steps]
-        header = ("name", "old → new", "params before → after", "carried weights")
+        header = ("name", "old → new", "params before → after", "carried weights", "output")
         table = [
             (
                 _shown(e.name) + "".join(f" (= {_shown(a)})" for a in e.aliases),
                 f"{_describe(e.old)} → {_describe(e.new)}",
                 f"{e.params_before:,} → {e.params_after:,}",
                 _summarise_carried(e.new, e.carried),
+                "kept" if e.keeps_output else "changed",
             )
             for e in self.entries
         ]
@@ -251,6 +270,13 @@ class Plan:
                 lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         before, after = self.params_before, self.params_after
         lines.append(f"total parameters: {before:,} → {after:,} ({after - before:+,})")
+        changed: dict[str, list[str]] = {}
+        for e in self.entries:
+            if not e.keeps_output:
+                changed.setdefault(e.output_note, []).append(_shown(e.name))
+        for note, names in changed.items():
+            more = f", … and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+            lines.append(f"output changed at {', '.join(names[:_MAX_LISTED])}{more}: {note}")
         if self.skipped:
             lines.append(f"matched but not replaced ({len(self.skipped)}):")
             by_reason: dict[tuple[str, str], list[str]] = {}
@@ -352,7 +378,8 @@ def _build(replacement: Replacement, names: tuple[str, ...], old: nn.Module, mod
     carried = replacement.carry(private, new)
     _settle(new, old, model)
     _copy_carried(private, new, carried)
-    return Entry(names[0], old, new, names[1:], None, carried, replacement.label)
+    note = replacement.preserve_reason(names[0], old)
+    return Entry(names[0], old, new, names[1:], None, carried, replacement.label, note is None, note or "")
 
 
 def plan(
@@ -364,6 +391,7 @@ def plan(
     exclude: SelectorLike | None = None,
     strict: bool = True,
     shared: str = "tie",
+    preserve_output: bool = False,
 ) -> Plan:
     """Plan to replace the submodules of ``model`` that ``select`` picks; ``model`` is not changed.
 
@@ -383,6 +411,9 @@ def plan(
         strict (bool): raise when nothing matches, when (without ``position``) a match cannot take the
             replacement, or when a position finds no eligible match. Non-strict plans skip and report.
         shared (str): ``"tie"`` points every name of a shared module at one new module; ``"error"`` raises.
+        preserve_output (bool): use the replacement's output-keeping form, so that the rewritten model
+            computes exactly what ``model`` does until it is trained; a match the replacement cannot
+            keep the output of is ineligible (strict plans raise, naming the reason).
 
     Returns:
         Plan: the swaps, the skipped matches with reasons, and notes.
@@ -402,9 +433,12 @@ def plan(
     selector: Selector = as_selector(select)
     excluded = as_selector(exclude) if exclude is not None else None
     replacement: Replacement = as_replacement(replace)
+    if preserve_output:
+        replacement = replacement.preserving()
     step = f"{replacement.label} on {selector.description}"
     step += f", position {position!r}" if position is not None else ""
     step += f", excluding {excluded.description}" if excluded is not None else ""
+    step += ", keeping the output" if preserve_output else ""
 
     groups = _module_groups(model)
     matches = [
@@ -423,6 +457,14 @@ def plan(
     eligible, ineligible = [], []
     for names, m in matches:
         why = replacement.reason(names[0], m)
+        if why is None and preserve_output:
+            note = replacement.preserve_reason(names[0], m)
+            if note is not None and strict:
+                raise ValueError(
+                    f"preserve_output=True, but {replacement.label} cannot keep the output at {_shown(names[0])!r} "
+                    f"({_describe(m)}): {note}. Pass strict=False to skip such matches"
+                )
+            why = None if note is None else f"cannot keep the output: {note}"
         if why is None:
             eligible.append((names, m))
         else:

@@ -23,7 +23,13 @@ from .plan import Plan, plan, unwrap
 __all__ = ["dncnn_dconv", "rdn_mdcb", "adfnet_ablation", "ADFNET_VARIANTS", "available", "get"]
 
 
-def dncnn_dconv(model: nn.Module, position: select.Position = "middle", **block_kwargs: object) -> Plan:
+def dncnn_dconv(
+    model: nn.Module,
+    position: select.Position = "middle",
+    keep_conv: bool = False,
+    preserve_output: bool = False,
+    **block_kwargs: object,
+) -> Plan:
     """Replace the middle eligible 3×3 stride-1 ``C→C`` ``nn.Conv2d`` with ``DConv(C)``.
 
     Every ``nn.Conv2d`` of the model is a match; the first (image → C) and last (C → image) convs of a
@@ -34,13 +40,29 @@ def dncnn_dconv(model: nn.Module, position: select.Position = "middle", **block_
     Args:
         model (nn.Module): a DnCNN, or any model with eligible convs.
         position: which eligible conv(s); see :func:`~dynfilter.surgery.select.pick`.
-        **block_kwargs: forwarded to :class:`~dynfilter.DConv`.
+        keep_conv (bool): keep the chosen conv and follow it with the DConv
+            (:func:`~dynfilter.surgery.replace.conv_then_dconv`) instead of replacing it: the same
+            conv is chosen, the model gets one layer more. For a trained model.
+        preserve_output (bool): start the DConv as the identity so the output is unchanged; needs
+            ``keep_conv=True`` (a swapped conv's function is lost), see :func:`~dynfilter.surgery.plan`.
+        **block_kwargs: forwarded to :class:`~dynfilter.DConv` (``init="published"`` or ``"identity"``).
 
     >>> net = nn.Sequential(*(nn.Conv2d(4, 4, 3, padding=1) for _ in range(3)))
     >>> dncnn_dconv(net).names
     ['1']
     """
-    return plan(model, select.by_type(nn.Conv2d), replace.to_dconv(**block_kwargs), position=position)
+    swap = replace.to_dconv(**block_kwargs)
+    if preserve_output and not keep_conv:
+        raise ValueError(
+            "preserve_output=True needs keep_conv=True: swapping the conv for a DConv drops the conv's function, "
+            "keeping it and following it with an identity-started DConv keeps the output"
+        )
+    if not keep_conv:
+        return plan(model, select.by_type(nn.Conv2d), swap, position=position, preserve_output=preserve_output)
+    # The convs a DConv could replace, so that both forms put the DConv at the same place.
+    swappable = select.where(lambda name, m: swap.reason(name, m) is None, "convs a DConv could replace")
+    after = replace.conv_then_dconv(**block_kwargs)
+    return plan(model, select.by_type(nn.Conv2d) & swappable, after, position=position, preserve_output=preserve_output)
 
 
 def rdn_mdcb(

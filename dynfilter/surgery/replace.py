@@ -1,15 +1,19 @@
 """Replacements: what a selected module becomes, whether it can, and which of its weights carry over.
 
-A :class:`Replacement` answers three questions about one selected module:
+A :class:`Replacement` answers four questions about one selected module:
 
 - :meth:`~Replacement.reason`: why it *cannot* take the replacement (``None`` when it can);
 - :meth:`~Replacement.build`: the new module, built from a private copy of the old one;
 - :meth:`~Replacement.carry`: which state-dict entries of the new module take their values from the old
-  one, as ``{new_key: old_key}``.
+  one, as ``{new_key: old_key}``;
+- :meth:`~Replacement.preserve_reason`: why the model's output may change at step 0 (``None`` when the
+  new module computes exactly what the old one did); :meth:`~Replacement.preserving` gives the form of
+  the replacement that keeps the output where one exists (``plan(..., preserve_output=True)``).
 
-The paper's swaps are constructors here: :func:`to_dconv`, :func:`conv_then_dconv`, :func:`to_mdcb_stack`,
-:func:`swap_block` (DCB ↔ CB, MDCB ↔ MCB), :func:`to_identity`; any ``fn(name, module) -> nn.Module``
-becomes one with :func:`factory`. Keyword arguments not consumed by a constructor are forwarded to the
+The paper's swaps are constructors here: :func:`to_dconv`, :func:`to_mdcb_stack`, :func:`swap_block`
+(DCB ↔ CB, MDCB ↔ MCB), :func:`to_identity`. Insertions keep the module and follow it with a block:
+:func:`conv_then_dconv` and :func:`insert_after`. Any ``fn(name, module) -> nn.Module`` becomes a
+replacement with :func:`factory`. Keyword arguments not consumed by a constructor are forwarded to the
 block's own constructor (``**block_kwargs``), so block options pass straight through.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Sequence, Union
 
+import torch
 from torch import nn
 
 from ..layers import CB, DCB, MCB, MDCB, MFI, DConv
@@ -27,6 +32,8 @@ __all__ = [
     "ReplacementLike",
     "to_dconv",
     "conv_then_dconv",
+    "insert_after",
+    "RESIDUAL_OUT",
     "to_mdcb_stack",
     "swap_block",
     "to_identity",
@@ -72,6 +79,19 @@ class Replacement:
         old_ids = {id(t): k for k, t in old.state_dict(keep_vars=True).items()}
         return {k: old_ids[id(t)] for k, t in new.state_dict(keep_vars=True).items() if id(t) in old_ids}
 
+    def preserve_reason(self, name: str, module: nn.Module) -> str | None:
+        """Why the model's output may change when ``module`` is replaced; ``None`` when it cannot.
+
+        ``None`` is a promise: before any training, the new module computes exactly what ``module`` did.
+        The default makes no promise.
+        """
+        return f"{self.label} makes no promise about the output"
+
+    def preserving(self) -> Replacement:
+        """This replacement set up to keep the model's output (e.g. an inserted block that starts as the
+        identity), or ``self`` when it has no such form (:meth:`preserve_reason` then says why)."""
+        return self
+
     def __repr__(self) -> str:
         return self.label
 
@@ -112,6 +132,12 @@ class _ToDConv(Replacement):
     def build(self, name: str, module: nn.Module) -> nn.Module:
         return DConv(module.out_channels, self.kernel_size, self.dilation, **self.block_kwargs)
 
+    def preserve_reason(self, name: str, module: nn.Module) -> str | None:
+        start = "as the identity (as if the conv were removed)" if self.block_kwargs.get("init") == "identity" else (
+            "at random"
+        )
+        return f"the conv is dropped and the DConv starts {start}; conv_then_dconv() would keep the conv"
+
 
 def to_dconv(kernel_size: int = 3, dilation: int = 1, **block_kwargs: object) -> Replacement:
     """Replace a ``k×k``, stride-1, size-keeping ``C→C`` ``nn.Conv2d`` with ``DConv(C)``.
@@ -132,18 +158,138 @@ def to_dconv(kernel_size: int = 3, dilation: int = 1, **block_kwargs: object) ->
     return _ToDConv(kernel_size, dilation, block_kwargs)
 
 
-class _ConvThenDConv(Replacement):
-    def __init__(self, block_kwargs: dict) -> None:
-        super().__init__(f"conv_then_dconv({_kwargs_repr(**block_kwargs)})")
-        self.block_kwargs = block_kwargs
+#: The layer that ends each block's residual branch (``y = x + branch(x)``): zeroed, the block is the
+#: identity, and that layer still gets a gradient at step 0 (its input is not zero).
+RESIDUAL_OUT: dict[type, str] = {DCB: "conv2", CB: "conv3", MDCB: "fuse", MCB: "fuse"}
+
+_BLOCKS: dict[str, type] = {"dconv": DConv, "dcb": DCB, "cb": CB, "mdcb": MDCB, "mcb": MCB}
+_PROBE = (16, 16)  # H×W of the input that checks a custom block really starts as the identity
+
+
+def _block_maker(block: str | Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    if isinstance(block, str):
+        if block not in _BLOCKS:
+            raise ValueError(f"unknown block {block!r}; known blocks: {', '.join(_BLOCKS)} (or pass a class/callable)")
+        return _BLOCKS[block]
+    if callable(block) and not isinstance(block, nn.Module):
+        return block
+    raise ValueError(f"block must be a name ({', '.join(_BLOCKS)}) or a callable block(channels, **kwargs), got {block!r}")
+
+
+def _block_name(make: Callable[..., nn.Module]) -> str:
+    return getattr(make, "__name__", type(make).__name__)
+
+
+def _output_channels(module: nn.Module) -> int | None:
+    for attr in ("out_channels", "channels"):
+        c = getattr(module, attr, None)
+        if isinstance(c, int) and not isinstance(c, bool):
+            return c
+    return infer_channels(module)
+
+
+def _deform_groups_problem(channels: int, block_kwargs: dict) -> str | None:
+    groups = block_kwargs.get("deform_groups", 8)
+    return f"channels {channels} not divisible by deform_groups {groups}" if channels % groups else None
+
+
+@torch.no_grad()
+def _zero_layer(block: nn.Module, name: str) -> None:
+    try:
+        layer = block.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"{type(block).__name__} has no submodule {name!r} to zero") from None
+    params = list(layer.parameters())
+    if not params:
+        raise ValueError(f"{type(block).__name__}.{name} has no parameters to zero")
+    for p in params:
+        p.zero_()
+
+
+@torch.no_grad()
+def _check_identity(block: nn.Module, channels: int, zero: str) -> None:
+    x = torch.randn(1, channels, *_PROBE, generator=torch.Generator().manual_seed(0))
+    try:
+        y = block(x)
+    except RuntimeError as exc:
+        raise ValueError(f"could not run {type(block).__name__} on a 1×{channels}×16×16 probe: {exc}") from None
+    if not (isinstance(y, torch.Tensor) and y.shape == x.shape and torch.equal(y, x)):
+        raise ValueError(
+            f"zeroing {zero!r} does not make {type(block).__name__} the identity; zero= must name the last layer "
+            "of a residual branch, y = x + branch(x)"
+        )
+
+
+class _InsertAfter(Replacement):
+    """Keep the module and follow it with a new block: ``Sequential(<first>=module, <second>=block)``."""
+
+    def __init__(
+        self,
+        title: str,
+        block: str | Callable[..., nn.Module],
+        names: tuple[str, str],
+        accepts: tuple[type, ...] | None,
+        channels: int | None,
+        zero: str | None,
+        block_kwargs: dict,
+        preserve: bool = False,
+    ) -> None:
+        self.make = _block_maker(block)
+        self.args = (title, block, names, accepts, channels, zero, block_kwargs)
+        self.names, self.accepts, self.channels, self.zero = names, accepts, channels, zero
+        self.block_kwargs, self.preserve = block_kwargs, preserve
+        shown = {**({"channels": channels} if channels is not None else {}), **block_kwargs}
+        shown.update({"zero": self._zeroed()} if preserve and self.make is not DConv else {})
+        head = [repr(block) if isinstance(block, str) else _block_name(self.make)] if title == "insert_after" else []
+        super().__init__(f"{title}({', '.join(head + ([_kwargs_repr(**shown)] if shown else []))})")
+
+    def _zeroed(self) -> str | None:
+        return self.zero if self.zero is not None else RESIDUAL_OUT.get(self.make)
+
+    def _channels(self, module: nn.Module) -> int | None:
+        return self.channels if self.channels is not None else _output_channels(module)
 
     def reason(self, name: str, module: nn.Module) -> str | None:
-        if not isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            return f"not a Conv2d or ConvTranspose2d ({type(module).__name__})"
-        return None
+        if self.accepts and not isinstance(module, self.accepts):
+            return f"not a {' or '.join(t.__name__ for t in self.accepts)} ({type(module).__name__})"
+        c = self._channels(module)
+        if c is None:
+            return f"cannot tell the output channels of {type(module).__name__}; pass channels="
+        return _deform_groups_problem(c, self.block_kwargs) if self.make in (MDCB, MCB) else None
 
     def build(self, name: str, module: nn.Module) -> nn.Module:
-        return nn.Sequential(OrderedDict(conv=module, dconv=DConv(module.out_channels, **self.block_kwargs)))
+        c = self._channels(module)
+        block = self.make(c, **self.block_kwargs)
+        if self.preserve and self.make is not DConv:
+            zero = self._zeroed()
+            _zero_layer(block, zero)
+            if RESIDUAL_OUT.get(type(block)) != zero:  # ours are identities by construction; check the rest
+                _check_identity(block, c, zero)
+        first, second = self.names
+        return nn.Sequential(OrderedDict([(first, module), (second, block)]))
+
+    def preserve_reason(self, name: str, module: nn.Module) -> str | None:
+        if self.make is DConv:
+            init = self.block_kwargs.get("init", "published")
+            return None if init == "identity" else f"the inserted DConv starts with init={init!r}, not as the identity"
+        if self.preserve:
+            return None
+        if self._zeroed() is None:
+            return f"{_block_name(self.make)} is not a known residual block; pass zero=<the last layer of its branch>"
+        return f"the inserted {_block_name(self.make)} starts at random (preserve_output=True zeroes its {self._zeroed()})"
+
+    def preserving(self) -> Replacement:
+        title, block, names, accepts, channels, zero, kwargs = self.args
+        if self.make is DConv:
+            init = kwargs.get("init", "identity")
+            if init != "identity":
+                raise ValueError(
+                    f"preserve_output=True needs the inserted DConv to start as the identity, but init={init!r} was given"
+                )
+            kwargs = {**kwargs, "init": "identity"}
+        elif self._zeroed() is None:
+            return self
+        return _InsertAfter(title, block, names, accepts, channels, zero, kwargs, preserve=True)
 
 
 def conv_then_dconv(**block_kwargs: object) -> Replacement:
@@ -151,16 +297,55 @@ def conv_then_dconv(**block_kwargs: object) -> Replacement:
 
     Works for any ``nn.Conv2d`` or ``nn.ConvTranspose2d`` (any kernel, stride, groups), since DConv keeps
     the shape of the conv's output. The new module is ``Sequential(conv=<the conv>, dconv=DConv)``, so
-    ``weight`` carries to ``conv.weight``.
+    ``weight`` carries to ``conv.weight``. With ``init="identity"`` (which ``preserve_output=True``
+    selects) the DConv starts as the identity and the model's output is unchanged.
 
     Args:
-        **block_kwargs: forwarded to :class:`~dynfilter.DConv` (``kernel_size``, ``dilation``).
+        **block_kwargs: forwarded to :class:`~dynfilter.DConv` (``kernel_size``, ``dilation``, ``init``).
 
     >>> new = conv_then_dconv().build("c", nn.Conv2d(3, 8, 3, stride=2))
     >>> [type(m).__name__ for m in new], new.dconv.channels
     (['Conv2d', 'DConv'], 8)
     """
-    return _ConvThenDConv(block_kwargs)
+    return _InsertAfter("conv_then_dconv", "dconv", ("conv", "dconv"), (nn.Conv2d, nn.ConvTranspose2d), None, None,
+                        block_kwargs)
+
+
+def insert_after(
+    block: str | Callable[..., nn.Module] = "dcb",
+    channels: int | None = None,
+    zero: str | None = None,
+    **block_kwargs: object,
+) -> Replacement:
+    """Keep a module and follow it with a new block: ``Sequential(module=<the module>, block=<new block>)``.
+
+    The block gets ``C`` = the module's output channels (``out_channels`` or ``channels``, else
+    :func:`infer_channels`, or ``channels=``). The module's weights carry (``module.*←*``).
+
+    Starting as the identity (``plan(..., preserve_output=True)``), so the model's output is unchanged:
+
+    - ``"dconv"``: the DConv gets ``init="identity"``;
+    - a residual block (``"dcb"``, ``"cb"``, ``"mdcb"``, ``"mcb"``, see :data:`RESIDUAL_OUT`): the last layer of
+      its residual branch is zeroed (DCB ``conv2``, CB ``conv3``, MDCB/MCB ``fuse``), so ``y = x + 0``. That
+      layer gets a gradient at step 0; the layers before it get theirs from step 1, once it is no
+      longer zero (the zero-init residual of Goyal et al. 2017 and Fixup). Combine with
+      ``init="identity"`` for a DCB/MDCB whose kernels also start as the identity;
+    - a block of your own: ``zero=`` names the last layer of its branch; the plan checks on a
+      1×C×16×16 probe that the block then is the identity, and declines the module if not.
+
+    Args:
+        block: ``"dconv"``, ``"dcb"``, ``"cb"``, ``"mdcb"``, ``"mcb"``, or a class/callable
+            ``block(channels, **block_kwargs) -> nn.Module``.
+        channels (int, optional): ``C``; inferred when omitted.
+        zero (str, optional): for ``preserve_output``: the submodule to zero (default: :data:`RESIDUAL_OUT`).
+        **block_kwargs: forwarded to the block's constructor.
+
+    >>> new = insert_after("dcb").preserving().build("c", nn.Conv2d(3, 8, 3, padding=1))
+    >>> x = torch.randn(1, 8, 5, 5)
+    >>> [type(m).__name__ for m in new], torch.equal(new.block(x), x)
+    (['Conv2d', 'DCB'], True)
+    """
+    return _InsertAfter("insert_after", block, ("module", "block"), None, channels, zero, block_kwargs)
 
 
 def infer_channels(module: nn.Module) -> int | None:
@@ -203,14 +388,14 @@ class _ToMDCBStack(Replacement):
             if isinstance(cin, int) and isinstance(cout, int):
                 return f"maps {cin} → {cout} channels; MDCB needs C → C"
             return f"cannot tell the C → C channel count of {type(module).__name__}; pass channels="
-        groups = self.block_kwargs.get("deform_groups", 8)
-        if c % groups != 0:
-            return f"channels {c} not divisible by deform_groups {groups}"
-        return None
+        return _deform_groups_problem(c, self.block_kwargs)
 
     def build(self, name: str, module: nn.Module) -> nn.Module:
         c = self._channels(module)
         return nn.Sequential(*(MDCB(c, **self.block_kwargs) for _ in range(self.n)))
+
+    def preserve_reason(self, name: str, module: nn.Module) -> str | None:
+        return "the module is replaced by new MDCBs and its weights are dropped; insert_after('mdcb') keeps it"
 
 
 def to_mdcb_stack(
@@ -299,6 +484,9 @@ class _SwapBlock(Replacement):
             **self.block_kwargs,
         )
 
+    def preserve_reason(self, name: str, module: nn.Module) -> str | None:
+        return "the twin's middle (DConv or static conv, dynamic or dilated branches) has no counterpart in the old block"
+
     def carry(self, old: nn.Module, new: nn.Module) -> dict[str, str]:
         _, prefixes = self._entry(old)
         old_sd = old.state_dict()
@@ -338,6 +526,9 @@ class _ToIdentity(Replacement):
 
     def build(self, name: str, module: nn.Module) -> nn.Module:
         return nn.Identity()
+
+    def preserve_reason(self, name: str, module: nn.Module) -> str | None:
+        return None if type(module) is nn.Identity else f"the {type(module).__name__} is removed"
 
 
 def to_identity() -> Replacement:

@@ -1,4 +1,4 @@
-"""``dynfilter plot RESULTS``: gain-vs-depth curves, PSNR vs MACs/params and a markdown table from a results table."""
+"""``dynfilter plot RESULTS [--x AXIS]``: gain-vs-axis curves, PSNR vs MACs/params and a markdown table from a results table."""
 
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "plot",
         help="plot a results table: gain vs depth, PSNR vs MACs/params, markdown table",
         description="Read RESULTS (a results.csv written by `dynfilter sweep`, or its folder) and write "
-        "gain.png/.svg (PSNR(enhanced) - PSNR(baseline) vs depth or blocks, one line per width, one panel per "
-        "backbone and test set), cost.png/.svg (PSNR vs MACs and params) and table.md.",
+        "gain.png/.svg (PSNR(enhanced) - PSNR(baseline) vs depth or blocks, or the grid axis named by --x, one line "
+        "per value of the other axes and variant, one panel per backbone and test set), cost.png/.svg (PSNR vs MACs "
+        "and params) and table.md.",
     )
     parser.add_argument("results", metavar="RESULTS", help="results.csv or the folder holding it")
     parser.add_argument("--out", help="output folder (default: <results folder>/plots)")
+    parser.add_argument(
+        "--x", metavar="AXIS",
+        help="grid axis on the gain plot's x axis, e.g. iterations for a budget study (default: the first axis)",
+    )
     parser.add_argument("--print", dest="print_table", action="store_true", help="also print the markdown table")
     parser.set_defaults(run=run)
     return parser
@@ -26,7 +31,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from experiments.plot import plot_results
 
-    paths = plot_results(args.results, args.out)
+    paths = plot_results(args.results, args.out, args.x)
     if args.print_table:
         print(paths["markdown"])
     if paths["gain"]:

@@ -44,6 +44,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, help="CPU threads for training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-continue", dest="continue_budgets", action="store_false",
+        help="train every run from step 0 instead of continuing the finished checkpoint of its shorter-budget twin",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -90,7 +94,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if study["train"].get("threads"):
         torch.set_num_threads(int(study["train"]["threads"]))
     print(f"study {name!r}: {len(chosen)} of {len(runs)} runs -> {out}")
-    outcome = run_sweep(chosen, out, study["measure"], progress=False if args.no_progress else None)
+    outcome = run_sweep(
+        chosen, out, study["measure"], pool=runs, continue_budgets=args.continue_budgets,
+        progress=False if args.no_progress else None,
+    )
     print(f"{len(outcome['done'])} run(s) finished now, {len(outcome['skipped'])} already done, "
           f"{len(outcome['busy'])} claimed by other processes")
     print(f"results table: {ResultsTable(out).path}")

@@ -112,6 +112,8 @@ def test_printed_table_counts_by_hand():
         "carried": {},
         "replacement": "to_dconv(kernel_size=3, dilation=1)",
         "reason": None,
+        "keeps_output": False,
+        "output_note": "the conv is dropped and the DConv starts at random; conv_then_dconv() would keep the conv",
     }
 
 

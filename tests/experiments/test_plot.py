@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 from PIL import Image
 
 from experiments.cli import main
-from experiments.plot import gain_table, plot_results
+from experiments.plot import gain_table, plot_gain, plot_results, resolve_axis
 from experiments.results import ResultsTable, read_results
 
 # DnCNN gains at depth 5 / 10 / 15 (the paper's claim) for 32 channels, half of them for 64; seed 0 gets
@@ -99,3 +100,84 @@ def test_plot_without_pairs_draws_cost_only(tmp_path):
 def test_plot_errors(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     assert "results table not found" in capsys.readouterr().err
+
+
+# A budget study: gain vs training iterations for two DConv initialisations at depth 5 and 10. Seed
+# shifts of −0.1 / 0 / +0.1 dB give the gain as the mean and exactly 0.1 dB as the sample std.
+BUDGET_GAIN = {("dconv", 5): (-0.8, -0.3, 0.2), ("dconv_identity", 5): (-0.1, -0.05, 0.3),
+               ("dconv", 10): (-1.0, -0.6, -0.2), ("dconv_identity", 10): (-0.2, 0.0, 0.1)}
+BUDGETS = (600, 2000, 6000)
+BUDGET_SHIFT = {0: -0.1, 1: 0.0, 2: 0.1}
+
+
+def _budget_rows():
+    rows = []
+    for it_i, it in enumerate(BUDGETS):
+        for d in (5, 10):
+            for seed, shift in BUDGET_SHIFT.items():
+                base = 24.0 + it / 10000 + seed / 100
+                variants = [("baseline", "", "{}", 0.0, 0.1, 2.0)]
+                variants += [(v, "dncnn_dconv", f'{{"init": "{v[6:] or "published"}"}}',
+                              BUDGET_GAIN[(v, d)][it_i] + shift, 0.12, 2.5) for v in ("dconv", "dconv_identity")]
+                for variant, recipe, kwargs, gain, s_per_it, latency in variants:
+                    rows.append(dict(
+                        id=f"dncnn-it{it}-d{d}-c32-{variant}-s{seed}", study="dncnn", backbone="dncnn",
+                        variant=variant, recipe=recipe, recipe_kwargs=kwargs, grid_axes="train.iterations,depth,channels",
+                        **{"train.iterations": it}, depth=d, channels=32, seed=seed, pair=f"p-{it}-{d}-{seed}",
+                        cell=f"c-{it}-{d}-{variant}", psnr_CBSD68=base + gain, params=1000 * d, macs=1e8 * d,
+                        cost_input="1x3x128x128", iterations=it, train_seconds=s_per_it * it, latency_ms=latency * d,
+                    ))
+    return rows
+
+
+def test_budget_gains_spreads_and_x_axis(tmp_path, capsys):
+    table = ResultsTable(tmp_path)
+    for row in _budget_rows():
+        table.append(row)
+    df = read_results(tmp_path)
+    gains = gain_table(df)
+    assert len(gains) == 2 * 2 * 3
+    for _, g in gains.iterrows():
+        expected = BUDGET_GAIN[(g["variant"], g["depth"])][BUDGETS.index(g["train.iterations"])]
+        assert g["gain_CBSD68"] == pytest.approx(expected, abs=1e-9)
+        assert g["gain_CBSD68_std"] == pytest.approx(0.1, abs=1e-9) and g["seeds"] == 3
+    assert resolve_axis(df, "iterations") == "train.iterations" == resolve_axis(df, "train.iterations")
+    with pytest.raises(ValueError, match="x axis 'lr' is not a grid axis .* train.iterations, depth, channels"):
+        resolve_axis(df, "lr")
+
+    assert main(["plot", str(tmp_path), "--x", "iterations", "--out", str(tmp_path / "figs")]) == 0
+    capsys.readouterr()
+    with Image.open(tmp_path / "figs" / "gain.png") as im:
+        assert im.width > 400
+    text = (tmp_path / "figs" / "table.md").read_text()
+    # Hand-computed: depth 5, 2,000 iterations, identity init: PSNR 24 + 0.2 + mean(seed)/100 − 0.05 = 24.16 dB;
+    # 0.12 s/it; latency 2.5 ms × 5.
+    assert "| 2000 | 5 | 32 | dconv_identity | 3 | 24.16 | -0.05 ± 0.10 | 5,000 | 0.500 | 240 | 120.0 | 12.50 |" in text
+    assert "| 600 | 10 | 32 | baseline | 3 | 24.07 |  | 10,000 | 1.000 | 60 | 100.0 | 20.00 |" in text
+    # Within each depth, the budgets ascend (the variants of one budget side by side).
+    lines = [line for line in text.splitlines() if line.startswith("| ") and "| 5 | 32 | dconv |" in line]
+    assert [line.split(" | ")[0] for line in lines] == ["| 600", "| 2000", "| 6000"]
+    assert main(["plot", str(tmp_path), "--x", "sigma"]) == 2
+    assert "x axis 'sigma' is not a grid axis" in capsys.readouterr().err
+
+
+def test_gain_plot_axes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame(_budget_rows())
+    captured = {}
+    original = plt.close
+    try:
+        plt.close = lambda fig=None: captured.setdefault("fig", fig)
+        plot_gain(df, tmp_path, x="iterations")
+    finally:
+        plt.close = original
+    ax = captured["fig"].axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "training iterations"
+    # One line per depth and variant; channels (one value) is left out of the labels.
+    labels = sorted(t.get_text() for t in ax.get_legend().get_texts())
+    assert labels == ["depth=10, dconv", "depth=10, dconv_identity", "depth=5, dconv", "depth=5, dconv_identity"]
+    plt.close(captured["fig"])

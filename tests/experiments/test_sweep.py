@@ -8,7 +8,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 from experiments import run as run_mod
 from experiments._io import try_file_lock
@@ -193,3 +195,60 @@ def test_sweep_command_runs_lists_and_resumes(tmp_path, capsys):
     assert main([*base, "--run", runs[0].id]) == 0
     assert "0 run(s) finished now, 1 already done" in capsys.readouterr().out
     assert list((out / "configs").glob("dncnn-*.yaml"))
+
+
+def _train_only(calls):
+    """``execute`` that really trains (checkpoints and all) but skips testing and measuring."""
+
+    def execute(settings, measure, run_dir, *, progress=None, meta=None):
+        _, result = run_mod.train_model(settings, Path(run_dir) / "checkpoint.pt", progress=False, meta=meta)
+        calls.append((meta["run_id"], result.resumed_from))
+        return {"psnr_builtin": 1.0, "params": 1, "train_seconds": result.train_seconds}
+
+    return execute
+
+
+def test_a_longer_budget_continues_its_finished_shorter_twin(tmp_path, monkeypatch):
+    from experiments.checkpoint import load_checkpoint
+
+    calls: list = []
+    monkeypatch.setattr(run_mod, "execute", _train_only(calls))
+    grid = "{train.iterations: [2, 5], depth: [3], channels: [4]}"
+    runs = expand(_study([f"studies.dncnn.grid={grid}", "studies.dncnn.variants={dconv: {recipe: dncnn_dconv}}"]))
+    short, long = runs
+    assert short.trajectory == long.trajectory and short.config_hash != long.config_hash
+    other = expand(_study([f"studies.dncnn.grid={grid}", "train.lr=0.01"]))
+    assert not {r.trajectory for r in other} & {short.trajectory}, "other settings, other trajectory"
+
+    quiet = dict(log=lambda *a: None)
+    run_sweep([long], tmp_path / "fresh", {}, **quiet)  # no twin in the pool: from step 0
+    run_sweep([short], tmp_path / "cont", {}, **quiet)
+    run_sweep([long], tmp_path / "cont", {}, pool=runs, **quiet)  # as a shard would: the twin is in the pool
+    assert calls == [(long.id, 0), (short.id, 0), (long.id, 2)]
+    fresh = load_checkpoint(tmp_path / "fresh" / "runs" / long.id / "checkpoint.pt")
+    cont = load_checkpoint(tmp_path / "cont" / "runs" / long.id / "checkpoint.pt")
+    assert cont["iteration"] == fresh["iteration"] == 5
+    for key, value in fresh["model"].items():
+        torch.testing.assert_close(cont["model"][key], value, rtol=0, atol=0, msg=key)
+    rows = ResultsTable(tmp_path / "cont").read().set_index("id")
+    assert rows.loc[long.id, "warm_start"] == short.id and rows.loc[long.id, "trajectory"] == long.trajectory
+    assert pd.isna(rows.loc[short.id, "warm_start"]) and rows.loc[long.id, "train_seconds"] > rows.loc[short.id, "train_seconds"]
+    # --no-continue trains from step 0 even when a twin is there.
+    run_sweep(runs, tmp_path / "cont2", {}, continue_budgets=False, **quiet)
+    assert calls[-2:] == [(short.id, 0), (long.id, 0)]
+
+
+def test_budget_preset_runs_short_budgets_first_on_one_trajectory_each():
+    runs = expand(study_config(load_config("budget"), "dncnn")[1])
+    seeds = load_config("budget")["seeds"]
+    assert len(runs) == 3 * 2 * 3 * len(seeds)
+    budgets = [r.settings["train"]["iterations"] for r in runs]
+    assert budgets == sorted(budgets) and set(budgets) == {600, 2000, 6000}, "all short budgets first"
+    inits = {r.settings["variant"]: r.settings["recipe_kwargs"].get("init") for r in runs}
+    assert inits == {"baseline": None, "dconv": "published", "dconv_identity": "identity"}
+    # Each (depth, variant, seed) is one trajectory with three budgets on it.
+    trajectories: dict = {}
+    for r in runs:
+        trajectories.setdefault(r.trajectory, []).append(r.settings["train"]["iterations"])
+    assert len(trajectories) == 2 * 3 * len(seeds) and all(v == [600, 2000, 6000] for v in trajectories.values())
+    assert {r.settings["train"]["lr_step"] for r in runs} == {200_000}, "the paper's schedule: constant here"
