@@ -113,7 +113,7 @@ def deform_suite(config: BenchConfig) -> list[Section]:
                 "threads": fwd["lean"].threads,
             }
         )
-        del inputs, trained
+        inputs = trained = None  # free before the next scale
     note = (
         f"Median of {config.repeat} interleaved rounds; {_GROUPS} offset groups, 3×3, offsets ~N(0, 1) px. "
         f"Lean column budget {_deform.COLUMNS_BUDGET_BYTES / _MIB:g} MiB per chunk; peak memory is above the inputs."

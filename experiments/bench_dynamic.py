@@ -91,7 +91,7 @@ def dynamic_suite(config: BenchConfig) -> list[Section]:
                 config.warmup,
                 device,
             )
-            del xg, kg
+            xg = kg = None  # free before the next shape (the closures above are done with them)
             unit = x.numel() * x.element_size()
             bound_fwd = streaming_bound((1 + 9 + 1) * unit, bandwidth)  # read x, K; write out
             bound_fb = streaming_bound((11 + 21) * unit, bandwidth)  # + read g, x, K; write gx, gK
@@ -113,7 +113,7 @@ def dynamic_suite(config: BenchConfig) -> list[Section]:
                     "threads": fwd["lean"].threads,
                 }
             )
-            del x, kernels
+            x = kernels = None  # free before the next shape
             memory.append({"B, C, H, W": "×".join(map(str, shape)), "d": d, **_dconv_memory(shape, d, device)})
     for row, mem in zip(speed, memory):
         row["step mem ratio"] = mem["step ratio"]

@@ -25,3 +25,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA.resolve()
+
+
+@pytest.fixture
+def one_thread():
+    """Whole-model runs are hundreds of small ops; on shared cores each parallel region can stall for ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

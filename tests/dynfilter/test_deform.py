@@ -29,15 +29,6 @@ TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 MODEL_TOL = 1e-4
 
 
-@pytest.fixture
-def one_thread():
-    """Whole-model runs are hundreds of small ops; on shared cores each parallel region can stall for ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
     """``max |actual − expected| ≤ tol · max |expected|``."""
     scale = expected.detach().abs().max().clamp_min(1e-30)

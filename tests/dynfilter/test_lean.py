@@ -49,17 +49,21 @@ def test_forward_matches_naive_loop(path, kernel_size, dilation):
     )
 
 
+
+def _outputs_and_grads(impl, x, kernels, grad, dilation):
+    """``impl``'s output and the gradients of ``(output · grad).sum()`` w.r.t. x and the kernels."""
+    xi, ki = x.clone().requires_grad_(), kernels.clone().requires_grad_()
+    out = dynamic_filter(xi, ki, 3, dilation, impl=impl)
+    out.backward(grad)
+    return {"out": out.detach(), "gx": xi.grad, "gk": ki.grad}
+
+
 @pytest.mark.parametrize("dilation", [1, 3, 5])
 @pytest.mark.parametrize("shape", [(3, 2, 9, 6), (1, 1, 2, 3), (2, 4, 1, 11)])
 def test_values_and_gradients_match_reference(path, dilation, shape):
     x, kernels = _pair(shape)
     grad = torch.randn(shape, dtype=torch.float64)
-    got, want = {}, {}
-    for impl, store in (("lean", got), ("unfold", want)):
-        xi, ki = x.clone().requires_grad_(), kernels.clone().requires_grad_()
-        out = dynamic_filter(xi, ki, 3, dilation, impl=impl)
-        out.backward(grad)
-        store.update(out=out.detach(), gx=xi.grad, gk=ki.grad)
+    got, want = (_outputs_and_grads(impl, x, kernels, grad, dilation) for impl in ("lean", "unfold"))
     for key in ("out", "gx", "gk"):
         torch.testing.assert_close(got[key], want[key], rtol=1e-12, atol=1e-12, msg=f"{path} {key} d={dilation} {shape}")
 
@@ -303,12 +307,7 @@ def test_environment_variable_disables_native(monkeypatch):
 def test_cuda_matches_reference(dilation):
     x, kernels = _pair((2, 3, 19, 17), device="cuda")
     grad = torch.randn_like(x)
-    got, want = {}, {}
-    for impl, store in (("lean", got), ("unfold", want)):
-        xi, ki = x.clone().requires_grad_(), kernels.clone().requires_grad_()
-        out = dynamic_filter(xi, ki, 3, dilation, impl=impl)
-        out.backward(grad)
-        store.update(out=out.detach(), gx=xi.grad, gk=ki.grad)
+    got, want = (_outputs_and_grads(impl, x, kernels, grad, dilation) for impl in ("lean", "unfold"))
     for key in got:
         torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-10, msg=f"cuda {key} d={dilation}")
 

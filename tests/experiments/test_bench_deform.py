@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from experiments.bench_deform import deform_suite, model_suite
 from experiments.benchmark import SUITES, BenchConfig
 
 QUICK = BenchConfig(repeat=1, warmup=0, quick=True)
-
-
-@pytest.fixture
-def one_thread():
-    """Whole-model runs are hundreds of small ops; on shared cores each parallel region can stall for ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_suites_are_registered():
