@@ -28,9 +28,15 @@ def dncnn_dconv(
     position: select.Position = "middle",
     keep_conv: bool = False,
     preserve_output: bool = False,
+    init: str = "identity",
     **block_kwargs: object,
 ) -> Plan:
     """Replace the middle eligible 3×3 stride-1 ``C→C`` ``nn.Conv2d`` with ``DConv(C)``.
+
+    The DConv starts as the identity by default (``init="identity"``): in the budget study
+    (docs/extension-study.md, "Gain versus training budget") it lost far less to the baseline at short
+    budgets than the published initialisation and was level with it at the longest; pass
+    ``init="published"`` for the ADFNet code's initialisation.
 
     Every ``nn.Conv2d`` of the model is a match; the first (image → C) and last (C → image) convs of a
     DnCNN cannot take a DConv and are skipped, so the position counts the ``depth − 2`` inner convs.
@@ -45,13 +51,14 @@ def dncnn_dconv(
             conv is chosen, the model gets one layer more. For a trained model.
         preserve_output (bool): start the DConv as the identity so the output is unchanged; needs
             ``keep_conv=True`` (a swapped conv's function is lost), see :func:`~dynfilter.surgery.plan`.
-        **block_kwargs: forwarded to :class:`~dynfilter.DConv` (``init="published"`` or ``"identity"``).
+        init (str): the DConv's kernel-generator initialisation, ``"identity"`` or ``"published"``.
+        **block_kwargs: forwarded to :class:`~dynfilter.DConv`.
 
     >>> net = nn.Sequential(*(nn.Conv2d(4, 4, 3, padding=1) for _ in range(3)))
     >>> dncnn_dconv(net).names
     ['1']
     """
-    swap = replace.to_dconv(**block_kwargs)
+    swap = replace.to_dconv(init=init, **block_kwargs)
     if preserve_output and not keep_conv:
         raise ValueError(
             "preserve_output=True needs keep_conv=True: swapping the conv for a DConv drops the conv's function, "
@@ -61,7 +68,7 @@ def dncnn_dconv(
         return plan(model, select.by_type(nn.Conv2d), swap, position=position, preserve_output=preserve_output)
     # The convs a DConv could replace, so that both forms put the DConv at the same place.
     swappable = select.where(lambda name, m: swap.reason(name, m) is None, "convs a DConv could replace")
-    after = replace.conv_then_dconv(**block_kwargs)
+    after = replace.conv_then_dconv(init=init, **block_kwargs)
     return plan(model, select.by_type(nn.Conv2d) & swappable, after, position=position, preserve_output=preserve_output)
 
 

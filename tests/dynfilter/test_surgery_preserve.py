@@ -106,7 +106,19 @@ def test_to_dconv_identity_is_the_network_without_that_conv():
     torch.testing.assert_close(p.apply()(x), without(x), rtol=0, atol=0)
     # A swap never keeps the output: it says so, with and without the identity start.
     assert not p.keeps_output and "starts as the identity (as if the conv were removed)" in p.entries[0].output_note
-    assert "starts at random" in recipes.dncnn_dconv(model).entries[0].output_note
+    assert "starts at random" in recipes.dncnn_dconv(model, init="published").entries[0].output_note
+
+
+def test_dncnn_dconv_recipe_starts_the_dconv_as_the_identity_by_default():
+    model = _dncnn()
+    default = recipes.dncnn_dconv(model).apply()
+    assert default.body[5].init == "identity"
+    assert recipes.dncnn_dconv(model, init="published").apply().body[5].init == "published"
+    # The identity start is the network without that conv, bit for bit (as the explicit form above).
+    without = copy.deepcopy(model)
+    without.body[5] = nn.Identity()
+    x = _input()
+    torch.testing.assert_close(default(x), without(x), rtol=0, atol=0)
 
 
 def test_preserve_output_on_a_swap_raises_or_skips():
