@@ -36,7 +36,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -176,6 +176,27 @@ def _products(out: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, kernel_siz
             block[:, y0 - r0 : y1 - r0, x1:].zero_()
 
 
+def _compute(
+    kind: str,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    shape: tuple[int, ...],
+    kernel_size: int,
+    dilation: int,
+    fallback: Callable[[torch.Tensor], None],
+) -> torch.Tensor:
+    """A fresh ``shape`` output in the promoted dtype of ``a`` and ``b``, filled by the compiled ``kind``
+    kernel where one is loaded for these inputs, else by ``fallback(out)``."""
+    out = empty_output(shape, torch.promote_types(a.dtype, b.dtype), a.device)
+    if out.numel():
+        native = _native.kernel(kind, a, b, kernel_size)
+        if native is not None:
+            native(a, b, out, kernel_size, dilation)
+        else:
+            fallback(out)
+    return out
+
+
 def filter_forward(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
     """``out[p] = Σ_t x[p + s_t] · K_t[p]``: the dynamic filter itself; inputs are assumed validated.
 
@@ -188,14 +209,10 @@ def filter_forward(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, dil
     Returns:
         Tensor[B, C, H, W] in the promoted dtype of ``x`` and ``kernels``.
     """
-    out = empty_output(tuple(x.shape), torch.promote_types(x.dtype, kernels.dtype), x.device)
-    if out.numel():
-        native = _native.kernel("forward", x, kernels, kernel_size)
-        if native is not None:
-            native(x, kernels, out, kernel_size, dilation)
-        else:
-            _accumulate(out, x, kernels, kernel_size, dilation, sign=1, shift_kernels=False)
-    return out
+    return _compute(
+        "forward", x, kernels, tuple(x.shape), kernel_size, dilation,
+        lambda out: _accumulate(out, x, kernels, kernel_size, dilation, sign=1, shift_kernels=False),
+    )
 
 
 def filter_grad_input(grad: torch.Tensor, kernels: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
@@ -210,14 +227,10 @@ def filter_grad_input(grad: torch.Tensor, kernels: torch.Tensor, kernel_size: in
     Returns:
         Tensor[B, C, H, W] in the promoted dtype of ``grad`` and ``kernels``.
     """
-    out = empty_output(tuple(grad.shape), torch.promote_types(grad.dtype, kernels.dtype), grad.device)
-    if out.numel():
-        native = _native.kernel("grad_input", grad, kernels, kernel_size)
-        if native is not None:
-            native(grad, kernels, out, kernel_size, dilation)
-        else:
-            _accumulate(out, grad, kernels, kernel_size, dilation, sign=-1, shift_kernels=True)
-    return out
+    return _compute(
+        "grad_input", grad, kernels, tuple(grad.shape), kernel_size, dilation,
+        lambda out: _accumulate(out, grad, kernels, kernel_size, dilation, sign=-1, shift_kernels=True),
+    )
 
 
 def filter_grad_kernels(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
@@ -233,12 +246,7 @@ def filter_grad_kernels(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, d
         Tensor[B, C·k², H, W] in the promoted dtype of ``grad`` and ``x``; written once, no temporaries.
     """
     b, c, h, w = x.shape
-    shape = (b, c * kernel_size * kernel_size, h, w)
-    out = empty_output(shape, torch.promote_types(grad.dtype, x.dtype), x.device)
-    if out.numel():
-        native = _native.kernel("grad_kernels", grad, x, kernel_size)
-        if native is not None:
-            native(grad, x, out, kernel_size, dilation)
-        else:
-            _products(out, grad, x, kernel_size, dilation)
-    return out
+    return _compute(
+        "grad_kernels", grad, x, (b, c * kernel_size * kernel_size, h, w), kernel_size, dilation,
+        lambda out: _products(out, grad, x, kernel_size, dilation),
+    )

@@ -74,18 +74,18 @@ def recalibrate_results(
     """Re-test every finished run of ``results`` whose id matches ``runs`` (a glob) after
     :func:`recalibrate_batchnorm` over ``batches`` noisy training batches; write ``batchnorm.csv``.
 
-    The batches are drawn as in training (the run's training set, patch and batch size, σ), from
-    ``seed``; testing uses the run's recorded protocol. Returns the CSV's path.
+    Each run's settings come from its checkpoint: the batches are drawn as in its training (training
+    set, patch and batch size, σ), from ``seed``, and testing follows its recorded protocol
+    (:func:`experiments.run.evaluate_model`). Returns the CSV's path.
     """
     import pandas as pd
     from tqdm import tqdm
 
     from ._io import atomic_write
     from .checkpoint import model_from_checkpoint
-    from .data import open_dataset
     from .noise import GaussianNoise
-    from .protocol import TestProtocol, evaluate, summarize
     from .results import read_results
+    from .run import evaluate_model, training_set
     from .train import PatchSampler
 
     folder = Path(results)
@@ -93,23 +93,14 @@ def recalibrate_results(
     chosen = table[[fnmatch.fnmatch(i, runs) for i in table["id"]]]
     if chosen.empty:
         raise ValueError(f"no finished run of {folder} matches {runs!r}")
-    sets = [c[len("psnr_"):] for c in table.columns if c.startswith("psnr_")]
-    opened: dict[str, object] = {}
-
-    def dataset(name: str) -> object:
-        if name not in opened:
-            opened[name] = open_dataset(name, data_root, channels=3)
-        return opened[name]
-
     rows = []
     for _, row in tqdm(list(chosen.iterrows()), desc="recalibrating", unit="run"):
-        model, _ = model_from_checkpoint(folder / "runs" / row["id"] / "checkpoint.pt")
-        sampler = PatchSampler(dataset(row["train_data"]), int(row["patch_size"]), int(row["batch_size"]))
-        noise = GaussianNoise(float(row["sigma"]))
-        protocol = TestProtocol(sigma=float(row["sigma"]), seed=int(row["test_seed"]), seed_mode=row["test_seed_mode"])
-        out = {"id": row["id"]}
-        for s in sets:
-            out[f"psnr_{s}"] = row[f"psnr_{s}"]
+        model, state = model_from_checkpoint(folder / "runs" / row["id"] / "checkpoint.pt")
+        settings = state["config"]
+        settings["data"]["data_root"] = data_root
+        train = settings["train"]
+        sampler = PatchSampler(training_set(settings["data"]), train["patch_size"], train["batch_size"])
+        noise = GaussianNoise(settings["noise"]["sigma"])
         generator = torch.Generator().manual_seed(seed)
 
         def draws() -> Iterable[torch.Tensor]:
@@ -119,10 +110,9 @@ def recalibrate_results(
 
         if recalibrate_batchnorm(model, draws()) == 0:
             continue
-        model.eval()
-        for summary in summarize(r for s in sets for r in evaluate(model, dataset(s), protocol)):
-            out[f"psnr_{summary['set']}_recalibrated"] = summary["psnr"]
-        rows.append(out)
+        tested = evaluate_model(model.eval(), settings)
+        psnrs = {k: v for k, v in tested.items() if k.startswith("psnr_")}
+        rows.append({"id": row["id"], **{k: row[k] for k in psnrs}, **{f"{k}_recalibrated": v for k, v in psnrs.items()}})
     path = folder / "batchnorm.csv"
     atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
     return path
