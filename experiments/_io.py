@@ -19,11 +19,26 @@ from typing import Callable, Iterator
 __all__ = ["atomic_write", "file_lock", "try_file_lock"]
 
 
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0o666 less the process umask."""
+    try:  # Linux reports the umask without changing it (os.umask can only read it by setting it)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, flush it to disk, then ``os.replace`` it.
 
     If ``write`` raises (or the process dies) the previous ``path`` is left untouched and the
     temporary file is removed (on an exception) or left as a hidden ``.<name>.*.tmp`` (on a kill).
+    The file gets the permissions a plain ``open(path, "w")`` would give it (``mkstemp``'s are 0600),
+    so results and checkpoints in a shared folder stay readable by the group.
 
     Args:
         path: the final file.
@@ -42,6 +57,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        tmp.chmod(_new_file_mode())
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

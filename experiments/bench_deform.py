@@ -27,7 +27,7 @@ from torch import nn
 import dynfilter
 from dynfilter import _deform
 
-from .benchmark import BenchConfig, Section, peak_memory, targets_section, time_callables
+from .benchmark import BenchConfig, Section, peak_memory, rounds_note, targets_section, time_callables
 
 __all__ = ["deform_suite", "model_suite", "DEFORM_SCALES"]
 
@@ -90,12 +90,17 @@ def deform_suite(config: BenchConfig) -> list[Section]:
                 config.repeat,
                 config.warmup,
                 device,
+                config.settle,
             )
             mem = {impl: peak_memory(lambda impl=impl: _deform_call(impl, inputs), device) for impl in ("torchvision", "lean")}
         trained = [t.detach().clone().requires_grad_() for t in inputs]
         grad = torch.randn(shape, device=device)
         fb = time_callables(
-            {impl: _deform_step(impl, trained, grad) for impl in ("torchvision", "lean")}, config.repeat, config.warmup, device
+            {impl: _deform_step(impl, trained, grad) for impl in ("torchvision", "lean")},
+            config.repeat,
+            config.warmup,
+            device,
+            config.settle,
         )
         columns = shape[0] * shape[1] * 9 * shape[2] * shape[3] * 4
         rows.append(
@@ -115,7 +120,7 @@ def deform_suite(config: BenchConfig) -> list[Section]:
         )
         inputs = trained = None  # free before the next scale
     note = (
-        f"Median of {config.repeat} interleaved rounds; {_GROUPS} offset groups, 3×3, offsets ~N(0, 1) px. "
+        f"{rounds_note(config.repeat, config.settle).capitalize()}; {_GROUPS} offset groups, 3×3, offsets ~N(0, 1) px. "
         f"Lean column budget {_deform.COLUMNS_BUDGET_BYTES / _MIB:g} MiB per chunk; peak memory is above the inputs."
     )
     return [Section("Modulated deformable conv: time per call", rows, note=note), targets_section(rows, _DEFORM_TARGETS)]
@@ -160,7 +165,7 @@ def model_suite(config: BenchConfig) -> list[Section]:
 
         return call
 
-    t_train = time_callables({"reference": step(reference), "lean": step(lean)}, repeat, config.warmup, device)
+    t_train = time_callables({"reference": step(reference), "lean": step(lean)}, repeat, config.warmup, device, config.settle)
     train_row = {
         "batch": f"{train_b}×3×{train_size}×{train_size}",
         "ref step s": t_train["reference"].median,
@@ -192,7 +197,7 @@ def model_suite(config: BenchConfig) -> list[Section]:
         with inductor_config.patch(freezing=True):  # constant weights: prepacked oneDNN convs, folded ops
             outputs[name] = calls[name]().float()
         first_call[name] = time.perf_counter() - start
-    t_inf = time_callables(calls, repeat, config.warmup, device)
+    t_inf = time_callables(calls, repeat, config.warmup, device, config.settle)
     base = next(iter(calls))
     infer_rows = [
         {
@@ -211,14 +216,14 @@ def model_suite(config: BenchConfig) -> list[Section]:
         Section(
             "ADFNet training step",
             [train_row],
-            note=f"Forward, L1 loss, backward; median of {repeat} interleaved rounds; the same weights, offset convs "
+            note=f"Forward, L1 loss, backward; {rounds_note(repeat, config.settle)}; the same weights, offset convs "
             "initialised N(0, 0.01²) so that taps move. Inference against the reference ops: the `adfnet` suite.",
         ),
         targets_section([train_row], targets),
         Section(
             "ADFNet inference options",
             infer_rows,
-            note=f"Median of {repeat} interleaved rounds, torch.inference_mode(). Options, not defaults: the output "
+            note=f"{rounds_note(repeat, config.settle).capitalize()}, torch.inference_mode(). Options, not defaults: the output "
             "difference is against the default float32 model on the same image; 'first call s' includes compiling.",
         ),
     ]

@@ -16,7 +16,7 @@ import torch
 import dynfilter
 from dynfilter import _native
 
-from .benchmark import BenchConfig, Section, copy_bandwidth, peak_memory, streaming_bound, targets_section, time_callables
+from .benchmark import BenchConfig, Section, copy_bandwidth, peak_memory, streaming_bound, rounds_note, targets_section, time_callables
 
 __all__ = ["dynamic_suite", "adfnet_suite", "SHAPES", "DILATIONS"]
 
@@ -76,6 +76,7 @@ def dynamic_suite(config: BenchConfig) -> list[Section]:
                     config.repeat,
                     config.warmup,
                     device,
+                    config.settle,
                 )
             xg, kg = x.clone().requires_grad_(), kernels.clone().requires_grad_()
             grad = torch.randn_like(x)
@@ -90,6 +91,7 @@ def dynamic_suite(config: BenchConfig) -> list[Section]:
                 config.repeat,
                 config.warmup,
                 device,
+                config.settle,
             )
             xg = kg = None  # free before the next shape (the closures above are done with them)
             unit = x.numel() * x.element_size()
@@ -118,7 +120,7 @@ def dynamic_suite(config: BenchConfig) -> list[Section]:
     for row, mem in zip(speed, memory):
         row["step mem ratio"] = mem["step ratio"]
     note = (
-        f"Median of {config.repeat} interleaved rounds; copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
+        f"{rounds_note(config.repeat, config.settle).capitalize()}; copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
         f"native kernels: {_native.status()}."
     )
     columns = [k for k in speed[0] if k != "step mem ratio"]
@@ -184,7 +186,7 @@ def adfnet_suite(config: BenchConfig) -> list[Section]:
 
     repeat = min(config.repeat, 3)
     calls = {name: infer(impls) for name, impls in variants.items()}
-    times = time_callables(calls, repeat, min(config.warmup, 1), device)
+    times = time_callables(calls, repeat, min(config.warmup, 1), device, config.settle)
     reference = next(iter(variants))
     rows = []
     for name, call in calls.items():
@@ -204,7 +206,7 @@ def adfnet_suite(config: BenchConfig) -> list[Section]:
         Section(
             "ADFNet inference",
             rows,
-            note=f"Median of {repeat} interleaved rounds, torch.inference_mode(); speedup against the first row.",
+            note=f"{rounds_note(repeat, config.settle).capitalize()}, torch.inference_mode(); speedup against the first row.",
         ),
         targets_section(rows[-1:], targets),
     ]

@@ -5,7 +5,9 @@ Method (also in ``docs/performance.md``):
 * **Time.** :func:`time_callables` runs the competing callables *interleaved* -- one call of each per
   round, after ``warmup`` rounds -- and reports the median over rounds with the thread count, so a
   noisy neighbour slows every contender of a round alike and ratios from one run stay meaningful.
-  CUDA work is synchronised before each clock read.
+  CUDA work is synchronised before each clock read. Each timed call is preceded by ``settle``
+  untimed calls of the *same* callable (default 1 in ``dynfilter bench``), so it starts from the memory
+  state its own previous call left, as in a loop calling it, not from the one its rival left (below).
 * **Peak memory.** :func:`peak_memory` measures the most tensor memory held *above what was held when
   the call started*. On CUDA that is ``torch.cuda.max_memory_allocated``. On CPU, torch keeps no peak
   statistic, so the call runs under ``torch.profiler`` with ``profile_memory=True``: every CPU tensor
@@ -15,9 +17,11 @@ Method (also in ``docs/performance.md``):
 * **Allocator.** On Linux, glibc returns every freed block of 32 MiB or more to the kernel, so the
   next large tensor is faulted in again page by page; in a virtual machine whose host reclaims freed
   guest memory this costs about a second per GB, and it hits whichever contender runs after the one
-  that freed most (the reference frees gigabytes per call). :func:`keep_freed_memory` makes glibc
-  keep freed memory in the process, as a caching allocator (jemalloc, PyTorch's CUDA allocator)
-  does, so that timings compare the computations; ``dynfilter bench --keep-memory`` uses it.
+  that freed most (the reference frees gigabytes per call). The settling call absorbs that cost for
+  each contender alike; the timed call still pays the faults of its own fresh buffers, as any loop
+  under the default allocator does. :func:`keep_freed_memory` goes further: it makes glibc keep freed
+  memory in the process, as a caching allocator (jemalloc, PyTorch's CUDA allocator) does, so that
+  timings compare the computations alone; ``dynfilter bench --keep-memory`` uses it.
 * **Bandwidth.** :func:`copy_bandwidth` is ``2 × bytes / time`` of ``dst.copy_(src)`` on buffers far
   larger than the last-level cache; :func:`streaming_bound` divides the bytes an op must move at least
   (read every input once, write every output once) by it.
@@ -56,12 +60,14 @@ __all__ = [
     "peak_memory",
     "copy_bandwidth",
     "keep_freed_memory",
+    "allocator_environment",
     "streaming_bound",
     "environment",
     "run_suites",
     "format_markdown",
     "write_csv",
     "targets_section",
+    "rounds_note",
 ]
 
 # Suite name -> "module:function" returning list[Section]; imported only when run.
@@ -84,12 +90,14 @@ class BenchConfig:
         warmup: untimed rounds first.
         device: ``"cpu"`` or ``"cuda"``.
         quick: tiny shapes and one round, to check that a suite runs (tests, CI).
+        settle: untimed calls of a callable right before each of its timed calls (see the module doc).
     """
 
     repeat: int = 5
     warmup: int = 1
     device: str = "cpu"
     quick: bool = False
+    settle: int = 1
 
 
 @dataclasses.dataclass
@@ -130,6 +138,14 @@ def targets_section(rows: list[Row], targets: Sequence[Target]) -> Section:
     return Section("Targets", out, note="Worst case over the rows above, from this one run.")
 
 
+def rounds_note(repeat: int, settle: int) -> str:
+    """How times were taken, for a section's note: ``"median of 5 interleaved rounds, …"``."""
+    note = f"median of {repeat} interleaved rounds"
+    if settle:
+        note += f", each timed call right after {settle} untimed call{'s' if settle > 1 else ''} of itself"
+    return note
+
+
 def _sync(device: torch.device | str | None) -> None:
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -140,14 +156,17 @@ def time_callables(
     repeat: int = 5,
     warmup: int = 1,
     device: torch.device | str | None = None,
+    settle: int = 0,
 ) -> dict[str, Timing]:
-    """Median wall time of each callable, measured interleaved (one call of each per round).
+    """Median wall time of each callable, measured interleaved (one timed call of each per round).
 
     Args:
         fns: name -> callable taking no arguments.
         repeat: timed rounds (at least 1).
         warmup: untimed rounds before them.
         device: synchronised around each call when it is a CUDA device.
+        settle: untimed calls of a callable immediately before each of its timed calls, so that the
+            timed call sees the state (freed memory, caches) its own previous call left, not its rival's.
 
     Returns:
         name -> :class:`Timing`.
@@ -156,11 +175,13 @@ def time_callables(
     >>> len(t.runs), t.threads == torch.get_num_threads()
     (3, True)
     """
-    if repeat < 1 or warmup < 0:
-        raise ValueError(f"repeat must be >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+    if repeat < 1 or warmup < 0 or settle < 0:
+        raise ValueError(f"repeat must be >= 1, warmup and settle >= 0, got repeat={repeat}, warmup={warmup}, settle={settle}")
     runs: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(warmup + repeat):
         for name, fn in fns.items():
+            for _ in range(settle if round_ >= warmup else 0):
+                fn()
             _sync(device)
             start = time.perf_counter()
             fn()
@@ -171,9 +192,11 @@ def time_callables(
     return {name: Timing(statistics.median(r), tuple(r), threads) for name, r in runs.items()}
 
 
-def time_callable(fn: Callable[[], object], repeat: int = 5, warmup: int = 1, device: torch.device | str | None = None) -> Timing:
+def time_callable(
+    fn: Callable[[], object], repeat: int = 5, warmup: int = 1, device: torch.device | str | None = None, settle: int = 0
+) -> Timing:
     """:func:`time_callables` for one callable."""
-    return time_callables({"fn": fn}, repeat, warmup, device)["fn"]
+    return time_callables({"fn": fn}, repeat, warmup, device, settle)["fn"]
 
 
 def _cpu_allocation_deltas(prof: torch.profiler.profile) -> list[tuple[int, int]]:
@@ -257,6 +280,20 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h> constants
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def allocator_environment(environ: Mapping[str, str] | None = None) -> str:
+    """The environment variables that change how CPU memory is allocated, as ``"NAME=value, …"`` (or ``""``).
+
+    glibc's ``MALLOC_*_`` variables and ``GLIBC_TUNABLES``, and ``LD_PRELOAD`` (jemalloc, tcmalloc), move
+    timings as much as the ops do, so a report names them.
+
+    >>> allocator_environment({"MALLOC_MMAP_MAX_": "0", "HOME": "/root"})
+    'MALLOC_MMAP_MAX_=0'
+    """
+    environ = os.environ if environ is None else environ
+    names = sorted(n for n in environ if (n.startswith("MALLOC_") and n.endswith("_")) or n in ("GLIBC_TUNABLES", "LD_PRELOAD"))
+    return ", ".join(f"{n}={environ[n]}" for n in names)
 
 
 def streaming_bound(nbytes: int, bandwidth: float) -> float:

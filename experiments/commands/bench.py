@@ -31,6 +31,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds per measurement; the median is kept (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before them (default 1)")
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="untimed calls of a contender right before each of its timed calls, so it starts from the memory state "
+        "it left itself, as in a loop, not from its rival's (default 1; 0: strictly alternating calls)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument(
@@ -48,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run, from the parsed arguments."""
     parts = ["dynfilter", "bench", "--suite", *args.suite, "--repeat", str(args.repeat), "--warmup", str(args.warmup)]
+    parts += ["--settle", str(args.settle)]
     if args.device != "cpu":
         parts += ["--device", args.device]
     if args.threads is not None:
@@ -60,12 +68,13 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the memory profiler's start-up chatter
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # silences the memory profiler's start/stop lines
     import torch
 
     from experiments.benchmark import (
         SUITES,
         BenchConfig,
+        allocator_environment,
         environment,
         format_markdown,
         keep_freed_memory,
@@ -73,8 +82,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_csv,
     )
 
-    if args.repeat < 1 or args.warmup < 0:
-        raise ValueError(f"--repeat must be >= 1 and --warmup >= 0, got {args.repeat} and {args.warmup}")
+    if args.repeat < 1 or args.warmup < 0 or args.settle < 0:
+        raise ValueError(
+            f"--repeat must be >= 1, --warmup and --settle >= 0, got {args.repeat}, {args.warmup} and {args.settle}"
+        )
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device} requested but CUDA is not available")
     if args.threads is not None:
@@ -82,9 +93,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     names = list(SUITES) if "all" in args.suite else list(dict.fromkeys(args.suite))
-    config = BenchConfig(repeat=1 if args.quick else args.repeat, warmup=args.warmup, device=args.device, quick=args.quick)
+    config = BenchConfig(
+        repeat=1 if args.quick else args.repeat, warmup=args.warmup, device=args.device, quick=args.quick, settle=args.settle
+    )
     env = environment()
     env["allocator"] = "keeps freed memory" if args.keep_memory and keep_freed_memory() else "default"
+    if allocator_environment():
+        env["allocator"] += f" ({allocator_environment()})"
     header = [
         f"Command: `{_command(args)}`",
         "",

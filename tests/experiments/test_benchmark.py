@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 
 import pytest
 import torch
@@ -31,9 +32,36 @@ def test_time_callables_interleaves_rounds_and_keeps_the_timed_ones():
     assert timings["a"].threads == torch.get_num_threads()
 
 
+def test_time_callables_settle_calls_each_contender_right_before_its_timed_call():
+    calls = []
+    time_callables({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=2, warmup=1, settle=2)
+    assert calls == ["a", "b"] + ["a", "a", "a", "b", "b", "b"] * 2  # warm-up round without settling
+
+
+def test_time_callables_times_the_call_after_the_settling_one():
+    # A contender that is slow whenever its rival ran last (as after a rival freed gigabytes): settling
+    # absorbs that, so only the call that follows its own previous call is timed.
+    last = []
+
+    def contender(name):
+        def call():
+            if last and last[-1] != name:
+                time.sleep(0.05)
+            last.append(name)
+
+        return call
+
+    fns = {"a": contender("a"), "b": contender("b")}
+    assert time_callables(fns, repeat=3, warmup=0).get("b").median >= 0.05
+    settled = time_callables(fns, repeat=3, warmup=0, settle=1)
+    assert all(t.median < 0.025 for t in settled.values())
+
+
 def test_time_callables_rejects_no_rounds():
     with pytest.raises(ValueError, match="repeat must be >= 1"):
         time_callables({"a": lambda: None}, repeat=0)
+    with pytest.raises(ValueError, match="settle >= 0"):
+        time_callables({"a": lambda: None}, settle=-1)
 
 
 def test_peak_memory_counts_what_is_held_at_once():
@@ -74,11 +102,13 @@ def test_unknown_suite():
         run_suites(["nope"], BenchConfig())
 
 
-def test_bench_command_quick(tmp_path, capsys):
+def test_bench_command_quick(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")  # read by glibc at start-up only: here it is just reported
     assert main(["bench", "--suite", "dynamic", "adfnet", "--quick", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     report = (tmp_path / "bench.md").read_text()
-    assert "Command: `dynfilter bench --suite dynamic adfnet --repeat 5 --warmup 1 --quick`" in report
+    assert "Command: `dynfilter bench --suite dynamic adfnet --repeat 5 --warmup 1 --settle 1 --quick`" in report
+    assert "allocator default (MALLOC_TOP_PAD_=0)" in report
     for title in ("Dynamic filter: time per call", "DConv training step", "Targets", "ADFNet inference"):
         assert title in report and title in printed
     with open(tmp_path / "bench.csv") as f:
@@ -93,3 +123,5 @@ def test_bench_command_quick(tmp_path, capsys):
 def test_bench_command_rejects_bad_options(tmp_path, capsys):
     assert main(["bench", "--repeat", "0", "--out", str(tmp_path)]) == 2
     assert "--repeat must be >= 1" in capsys.readouterr().err
+    assert main(["bench", "--settle", "-1", "--out", str(tmp_path)]) == 2
+    assert "--settle >= 0" in capsys.readouterr().err
