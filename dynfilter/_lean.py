@@ -20,6 +20,8 @@ Paths, chosen per call:
 * **native** (CPU; float32, float64, bfloat16 of one dtype): fused C++ loops from
   :mod:`dynfilter._native`, where a C++ compiler exists. One pass per row block: the kernels are
   read (or their gradient written) once, front to back, while the accumulator stays in cache.
+* **triton** (CUDA; one floating dtype, where Triton imports): one kernel launch per call from
+  :mod:`dynfilter._triton`, each output read-modify-written once instead of k² times.
 * **eager** (everything else, and the fallback): the same blocking in torch ops. On CPU the work is
   cut into blocks of rows (and planes) small enough that the accumulator stays in L2 while the k²
   kernel maps stream past it; on other devices each tap runs on the whole tensor (k² launches).
@@ -40,7 +42,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import _native
+from . import _native, _triton
 
 __all__ = ["filter_forward", "filter_grad_input", "filter_grad_kernels", "tap_offsets", "empty_output", "BLOCK_ELEMENTS"]
 
@@ -186,10 +188,10 @@ def _compute(
     fallback: Callable[[torch.Tensor], None],
 ) -> torch.Tensor:
     """A fresh ``shape`` output in the promoted dtype of ``a`` and ``b``, filled by the compiled ``kind``
-    kernel where one is loaded for these inputs, else by ``fallback(out)``."""
+    kernel (native C++ on CPU, Triton on CUDA) where one serves these inputs, else by ``fallback(out)``."""
     out = empty_output(shape, torch.promote_types(a.dtype, b.dtype), a.device)
     if out.numel():
-        native = _native.kernel(kind, a, b, kernel_size)
+        native = (_native if a.device.type == "cpu" else _triton).kernel(kind, a, b, kernel_size)
         if native is not None:
             native(a, b, out, kernel_size, dilation)
         else:

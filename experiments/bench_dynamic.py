@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 import dynfilter
-from dynfilter import _native
+from dynfilter import _native, _triton
 
 from .benchmark import BenchConfig, Section, copy_bandwidth, peak_memory, streaming_bound, rounds_note, targets_section, time_callables
 
@@ -32,6 +32,12 @@ _DYNAMIC_TARGETS = (
     ("forward within 2.5× of the streaming bound", "fwd / bound", 2.5, "max"),
     ("DConv training-step peak memory ≤ 0.5× the reference", "step mem ratio", 0.5, "max"),
 )
+
+
+def _kernels_in_use(device: str) -> str:
+    if torch.device(device).type == "cpu":
+        return f"native C++, {_native.status()}"
+    return "Triton" if _triton.available() else "none, eager taps (Triton not installed)"
 
 
 def _static_depthwise(channels: int, dilation: int, device: str) -> torch.nn.Conv2d:
@@ -121,7 +127,7 @@ def dynamic_suite(config: BenchConfig) -> list[Section]:
         row["step mem ratio"] = mem["step ratio"]
     note = (
         f"{rounds_note(config.repeat, config.settle).capitalize()}; copy bandwidth {bandwidth / 1e9:.1f} GB/s; "
-        f"native kernels: {_native.status()}."
+        f"compiled kernels: {_kernels_in_use(device)}."
     )
     columns = [k for k in speed[0] if k != "step mem ratio"]
     return [

@@ -56,8 +56,11 @@ def near_integer_samples(offset: torch.Tensor, k, stride, padding, dilation, wit
     b, _, ho, wo = offset.shape
     kh, kw = k
     off = offset.detach().double().view(b, -1, kh, kw, 2, ho, wo)
-    ys = (torch.arange(ho) * stride - padding).view(1, 1, 1, 1, ho, 1) + (torch.arange(kh) * dilation).view(1, 1, kh, 1, 1, 1)
-    xs = (torch.arange(wo) * stride - padding).view(1, 1, 1, 1, 1, wo) + (torch.arange(kw) * dilation).view(1, 1, 1, kw, 1, 1)
+    def arange(n):
+        return torch.arange(n, device=offset.device)
+
+    ys = (arange(ho) * stride - padding).view(1, 1, 1, 1, ho, 1) + (arange(kh) * dilation).view(1, 1, kh, 1, 1, 1)
+    xs = (arange(wo) * stride - padding).view(1, 1, 1, 1, 1, wo) + (arange(kw) * dilation).view(1, 1, 1, kw, 1, 1)
     pos = torch.stack((off[:, :, :, :, 0] + ys, off[:, :, :, :, 1] + xs), dim=4)
     near = ((pos - pos.round()).abs() < within).any(dim=4, keepdim=True)
     return near.expand_as(off).reshape(offset.shape)
