@@ -168,7 +168,7 @@ _DEFORM_IMPLS: dict[str, Callable[..., torch.Tensor]] = {
     "lean": modulated_deform_conv2d_op,
 }
 # What "auto" picks, per device type: on CPU the lean op (3–9× faster than torchvision's serial column
-# loop, docs/performance.md); on CUDA torchvision's fused kernel was 2–5× faster than the lean op's
+# loop, docs/performance.md); on CUDA torchvision's fused kernel was 2–8× faster than the lean op's
 # grid_sample + matmul chunks on an H200 (the lean op keeps its smaller memory; ask for it by name).
 _AUTO_DEFORM_IMPL = {"cuda": "torchvision"}
 _DEFAULT_DEFORM_IMPL = "lean"
