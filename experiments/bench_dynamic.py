@@ -155,6 +155,8 @@ def _dconv_memory(shape: tuple[int, int, int, int], dilation: int, device: str) 
         row[f"ref {label} MiB"] = peaks["unfold"] / _MIB
         row[f"lean {label} MiB"] = peaks["auto"] / _MIB
         row[f"{label} ratio"] = peaks["auto"] / peaks["unfold"]
+        if not needs_grad:  # the yardstick: a static layer's step of the same shape
+            row[f"static dw3×3 {label} MiB"] = _dconv_step_memory(_static_depthwise(c, dilation, device), x, device) / _MIB
     row["step ratio"] = row["data input ratio"]
     row["kernels MiB"] = b * 9 * c * h * w * 4 / _MIB
     return row

@@ -118,6 +118,8 @@ def test_bench_command_quick(tmp_path, capsys, monkeypatch):
     assert all(float(r["fwd speedup"]) == pytest.approx(float(r["ref fwd ms"]) / float(r["lean fwd ms"]), rel=1e-6) for r in speed)
     memory = [r for r in rows if r["section"].startswith("DConv training step")]
     assert all(float(r["lean data input MiB"]) < float(r["ref data input MiB"]) for r in memory)
+    # The static layer holds no kernels: its step needs less than either dynamic one.
+    assert all(float(r["static dw3×3 data input MiB"]) < float(r["lean data input MiB"]) for r in memory)
 
 
 def test_bench_command_rejects_bad_options(tmp_path, capsys):
