@@ -44,6 +44,11 @@ def available() -> bool:
     return _HAS_TRITON and os.environ.get("DYNFILTER_TRITON", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def _blocks(height: int, width: int) -> int:
+    """Programs per plane: ``BLOCK`` pixels each."""
+    return -(-height * width // BLOCK)
+
+
 def kernel(op: str, a: torch.Tensor, b: torch.Tensor, kernel_size: int) -> KernelFn | None:
     """The Triton kernel for ``op`` on operands ``a`` and ``b``, or ``None`` where eager must run.
 
@@ -59,7 +64,7 @@ def kernel(op: str, a: torch.Tensor, b: torch.Tensor, kernel_size: int) -> Kerne
     device_ok = a.device.type == "cuda" or (_INTERPRET and a.device.type == "cpu")
     if not available() or not device_ok or a.dtype != b.dtype or not a.dtype.is_floating_point:
         return None
-    if -(-a.shape[2] * a.shape[3] // BLOCK) > 65535:  # the grid's second axis limit (images over 16 Mpx)
+    if _blocks(a.shape[2], a.shape[3]) > 65535:  # the grid's second axis limit (images over 16 Mpx)
         return None
 
     def run(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kernel_size: int, dilation: int) -> None:
@@ -67,7 +72,7 @@ def kernel(op: str, a: torch.Tensor, b: torch.Tensor, kernel_size: int) -> Kerne
         a, b = a.contiguous(), b.contiguous()
         from . import _triton_kernels as tk
 
-        grid = (bsz * c, -(-h * w // BLOCK))
+        grid = (bsz * c, _blocks(h, w))
         acc = tk.accumulator_dtype(a.dtype)
         with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
             if op == "grad_kernels":

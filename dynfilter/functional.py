@@ -93,12 +93,17 @@ def _check_positive_int(name: str, value: object) -> int:
     return value
 
 
-def check_dynamic_filter_args(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, dilation: int) -> None:
-    """Raise ``ValueError`` unless ``x``, ``kernels``, ``kernel_size`` and ``dilation`` fit together."""
+def check_window(kernel_size: int, dilation: int) -> None:
+    """Raise ``ValueError`` unless ``kernel_size`` is a positive odd int and ``dilation`` a positive int."""
     _check_positive_int("kernel_size", kernel_size)
     if kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd so the window has a centre tap, got {kernel_size}")
     _check_positive_int("dilation", dilation)
+
+
+def check_dynamic_filter_args(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, dilation: int) -> None:
+    """Raise ``ValueError`` unless ``x``, ``kernels``, ``kernel_size`` and ``dilation`` fit together."""
+    check_window(kernel_size, dilation)
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a 4-D tensor (B, C, H, W), got shape {got}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import dynamic_filter
+from ..functional import check_window, dynamic_filter
 from ._checks import check_features
 from ._init import check_kernel_init, init_kernel_generator
 from ._pointwise import pointwise_conv
@@ -35,10 +35,7 @@ class DConv(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 1, init: str = "published") -> None:
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
-        if dilation < 1:
-            raise ValueError(f"dilation must be positive, got {dilation}")
+        check_window(kernel_size, dilation)
         self.channels = channels
         self.kernel_size = kernel_size
         self.dilation = dilation

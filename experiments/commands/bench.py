@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,6 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # silences the memory profiler's start/stop lines
     import torch
 
     from experiments.benchmark import (
@@ -98,8 +96,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     env = environment()
     env["allocator"] = "keeps freed memory" if args.keep_memory and keep_freed_memory() else "default"
-    if allocator_environment():
-        env["allocator"] += f" ({allocator_environment()})"
+    variables = allocator_environment()
+    if variables:
+        env["allocator"] += f" ({variables})"
     header = [
         f"Command: `{_command(args)}`",
         "",
