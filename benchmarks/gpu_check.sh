@@ -15,7 +15,7 @@ status=0
   nvidia-smi -L
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 } 2>&1 | tee "$out/environment.txt"
-timeout "${GPU_CHECK_TEST_S:-240}" python3 -m pytest -q -p no:cacheprovider -rs \
+timeout "${GPU_CHECK_TEST_S:-240}" python3 -m pytest -o addopts="" -q -p no:cacheprovider -rs \
   tests/dynfilter/test_cuda.py tests/dynfilter/test_lean.py tests/dynfilter/test_surgery.py -k cuda 2>&1 | tee "$out/tests.txt" || status=1
 # shellcheck disable=SC2086  # the suites are words
 timeout "${GPU_CHECK_BENCH_S:-300}" python3 -m experiments.cli bench --suite ${GPU_CHECK_SUITES:-dynamic adfnet deform model} --device cuda --repeat 5 \
