@@ -1,9 +1,12 @@
-"""Re-estimate the BatchNorm statistics of trained models: a check on short-budget PSNRs.
+"""Re-estimate the BatchNorm statistics of trained models before testing them.
 
 The DnCNN baseline keeps KAIR's BatchNorm momentum of 0.9, so its running statistics are mostly those
 of the last training batch, and a test PSNR can move by a dB with that one batch. Re-estimating the
-statistics as an average over many batches (:func:`recalibrate_batchnorm`) removes that noise; the
-command below does it for every run of a results folder and writes both PSNRs side by side:
+statistics as an average over many batches (:func:`recalibrate_batchnorm`) removes that noise. Runs do
+it before testing by default (``test.recalibrate_bn``, :func:`recalibrate_for_test`, with
+``test.bn_batches`` noisy training batches drawn from their own seed, alike for both arms of a pair);
+the command below does it afterwards for every run of an older results folder and writes both PSNRs
+side by side:
 
     python -m experiments.batchnorm results/budget --runs 'dncnn-it6000-*' --data-root /path/to/data
 
@@ -17,12 +20,15 @@ import argparse
 import fnmatch
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["recalibrate_batchnorm", "recalibrate_results", "main"]
+__all__ = ["BN_SEED_OFFSET", "recalibrate_batchnorm", "noisy_batches", "recalibrate_for_test", "recalibrate_results", "main"]
+
+# The BatchNorm batches are drawn from seed + this, apart from the training stream (seed + 1,000,003).
+BN_SEED_OFFSET = 2_000_029
 
 
 @torch.no_grad()
@@ -64,6 +70,44 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     return len(norms)
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def noisy_batches(settings: Mapping[str, Any], count: int, seed: int) -> Iterator[torch.Tensor]:
+    """``count`` model inputs drawn as in the run's training (training set, patch and batch size, noise).
+
+    Paired training data gives its noisy images; synthetic noise is drawn from the same generator.
+    """
+    from .run import training_noise, training_set
+    from .train import PatchSampler
+
+    train = settings["train"]
+    sampler = PatchSampler(training_set(settings["data"]), train["patch_size"], train["batch_size"])
+    noise = training_noise(settings, sampler.paired)
+    generator = torch.Generator().manual_seed(int(seed))
+    for _ in range(int(count)):
+        batch = sampler(generator)
+        yield batch[0] if noise is None else noise(batch[0], generator=generator)
+
+
+def recalibrate_for_test(model: nn.Module, settings: Mapping[str, Any]) -> int:
+    """Re-estimate ``model``'s BatchNorm statistics over ``settings["test"]["bn_batches"]`` training batches.
+
+    The batches come from :func:`noisy_batches` seeded with ``seed + BN_SEED_OFFSET``: the same for the
+    baseline and the enhanced run of a seed. Returns the number of BatchNorm layers re-estimated (0, and
+    nothing drawn, for a model without BatchNorm).
+    """
+    if not has_batchnorm(model):
+        return 0
+    count = int(settings["test"].get("bn_batches") or 0)
+    if count < 1:
+        raise ValueError(f"test.bn_batches must be >= 1 to re-estimate BatchNorm statistics, got {count}")
+    device = next(model.parameters()).device
+    batches = (b.to(device) for b in noisy_batches(settings, count, int(settings["seed"]) + BN_SEED_OFFSET))
+    return recalibrate_batchnorm(model, batches)
+
+
 def recalibrate_results(
     results: str | os.PathLike,
     runs: str = "*",
@@ -83,10 +127,8 @@ def recalibrate_results(
 
     from ._io import atomic_write
     from .checkpoint import model_from_checkpoint
-    from .noise import GaussianNoise
     from .results import read_results
-    from .run import evaluate_model, training_set
-    from .train import PatchSampler
+    from .run import evaluate_model
 
     folder = Path(results)
     table = read_results(folder)
@@ -95,20 +137,10 @@ def recalibrate_results(
         raise ValueError(f"no finished run of {folder} matches {runs!r}")
     rows = []
     for _, row in tqdm(list(chosen.iterrows()), desc="recalibrating", unit="run"):
-        model, state = model_from_checkpoint(folder / "runs" / row["id"] / "checkpoint.pt")
+        model, state = model_from_checkpoint(folder / "runs" / row["id"] / "checkpoint.pt", tested=False)
         settings = state["config"]
         settings["data"]["data_root"] = data_root
-        train = settings["train"]
-        sampler = PatchSampler(training_set(settings["data"]), train["patch_size"], train["batch_size"])
-        noise = GaussianNoise(settings["noise"]["sigma"])
-        generator = torch.Generator().manual_seed(seed)
-
-        def draws() -> Iterable[torch.Tensor]:
-            for _ in range(batches):
-                (clean,) = sampler(generator)
-                yield noise(clean, generator=generator)
-
-        if recalibrate_batchnorm(model, draws()) == 0:
+        if recalibrate_batchnorm(model, noisy_batches(settings, batches, seed)) == 0:
             continue
         tested = evaluate_model(model.eval(), settings)
         psnrs = {k: v for k, v in tested.items() if k.startswith("psnr_")}

@@ -8,7 +8,10 @@ A checkpoint is a ``torch.save`` dict with
 - ``"train_seconds"``, ``"last_loss"``;
 - ``"model_name"``, ``"model_kwargs"``, ``"recipe"``, ``"recipe_kwargs"``: what :func:`build_model`
   needs to rebuild the architecture (the surgery recipe is applied before the weights are loaded);
-- ``"config"``: the resolved run settings, for the record.
+- ``"config"``: the resolved run settings, for the record;
+- ``"tested_buffers"`` (optional): the BatchNorm statistics the run was tested with, when they were
+  re-estimated after training (:func:`experiments.batchnorm.recalibrate_batchnorm`); training resumes
+  from ``"model"``, testing and inference use these (:func:`model_from_checkpoint`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ from torch import nn
 
 from ._io import atomic_write
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_model", "model_from_checkpoint", "recipe_names"]
+__all__ = [
+    "FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "snapshot_path",
+    "build_model",
+    "model_from_checkpoint",
+    "recipe_names",
+]
 
 FORMAT = 1
 _REQUIRED = ("model", "iteration", "model_name", "model_kwargs")
@@ -55,6 +66,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if missing:
         raise ValueError(f"{path} is not a dynfilter training checkpoint: it lacks {missing}")
     return state
+
+
+def snapshot_path(checkpoint: str | os.PathLike, iteration: int) -> Path:
+    """Where the copy of ``checkpoint`` taken at step ``iteration`` lives: ``<stem>-at-<iteration>.pt`` beside it.
+
+    >>> snapshot_path("runs/a/checkpoint.pt", 200).name
+    'checkpoint-at-200.pt'
+    """
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}-at-{int(iteration)}{path.suffix}")
 
 
 def recipe_names() -> list[str]:
@@ -98,16 +119,23 @@ def build_model(
     return recipes.get(recipe)(model, **dict(recipe_kwargs or {})).apply()
 
 
-def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def model_from_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", tested: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model stored in a training checkpoint, in eval mode; returns ``(model, checkpoint)``.
 
     The architecture comes from the checkpoint's ``model_name``/``model_kwargs`` and its surgery
-    ``recipe``; the weights are then loaded strictly.
+    ``recipe``; the weights are then loaded strictly. With ``tested`` (the default) the BatchNorm
+    statistics are those the run was tested with (``"tested_buffers"``, when re-estimated), so that
+    evaluating the model reproduces the run's results row; ``tested=False`` gives the weights as trained.
     """
     state = load_checkpoint(path, map_location)
     model = build_model(state["model_name"], state["model_kwargs"], state.get("recipe"), state.get("recipe_kwargs"))
+    weights = dict(state["model"])
+    if tested:
+        weights.update(state.get("tested_buffers") or {})
     try:
-        model.load_state_dict(state["model"], strict=True)
+        model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"the weights in {path} do not fit the model they name ({state['model_name']}): {exc}") from exc
     return model.to(map_location).eval(), state

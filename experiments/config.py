@@ -7,7 +7,7 @@ study may override any of them (deep merge)::
     data:    {train: builtin-train, test: [builtin], data_root: null, channels: 3}
     noise:   {sigma: 50}
     train:   {iterations: 300, batch_size: 8, patch_size: 40, ...}
-    test:    {seed: 20, seed_mode: fixed}
+    test:    {seed: 20, seed_mode: fixed, recalibrate_bn: true, bn_batches: 100}
     measure: {size: [128, 128], latency_repeats: 10, latency_threads: 1}
     studies:
       dncnn:
@@ -17,6 +17,13 @@ study may override any of them (deep merge)::
         variants:
           baseline: {}
           dconv: {recipe: dncnn_dconv, recipe_kwargs: {}}
+          dconv_warm: {recipe: dncnn_dconv, recipe_kwargs: {keep_conv: true}, protocol: warm_start, branch_at: 200}
+
+A variant's ``protocol`` says how its enhanced model is trained (:data:`experiments.run.PROTOCOLS`):
+``scratch`` (the default, as the paper) from the seed's initial weights for ``train.iterations`` steps, or
+``warm_start``: surgery on the baseline of the same seed trained ``branch_at`` steps, keeping its output,
+then trained to ``train.iterations`` on the baseline's own stream. ``test.recalibrate_bn`` re-estimates
+BatchNorm statistics before testing (models without BatchNorm are tested as trained).
 
 :data:`DEFAULTS` fills whatever a file leaves out, so a user config can be a few lines. Unknown keys
 are errors (a typo must not silently fall back to a default). The expansion of a study into runs lives
@@ -74,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",
         "threads": None,
     },
-    "test": {"seed": 20, "seed_mode": "fixed", "max_images": None},
+    "test": {"seed": 20, "seed_mode": "fixed", "max_images": None, "recalibrate_bn": True, "bn_batches": 100},
     "measure": {"size": [128, 128], "latency_repeats": 10, "latency_warmup": 2, "latency_threads": 1},
     "studies": {},
 }
@@ -82,7 +89,7 @@ DEFAULTS: dict[str, Any] = {
 # Sections a study may override, and the keys a study holds besides them.
 SECTIONS: tuple[str, ...] = ("data", "noise", "train", "test", "measure")
 STUDY_KEYS: tuple[str, ...] = ("backbone", "model", "grid", "variants", "seeds", "description") + SECTIONS
-_VARIANT_KEYS = ("recipe", "recipe_kwargs")
+_VARIANT_KEYS = ("recipe", "recipe_kwargs", "protocol", "branch_at")
 # Replaced whole rather than merged, so that a later file can drop grid axes or variants.
 _REPLACED = ("grid", "variants")
 
@@ -209,7 +216,9 @@ def validate_config(config: Mapping[str, Any]) -> None:
                 raise ValueError(f"study {name!r}: grid axis {axis!r} needs a non-empty list of values, got {values!r}")
         variants = study.get("variants") or {"baseline": {}}
         if not isinstance(variants, Mapping):
-            raise ValueError(f"study {name!r}: variants must map a name to {{recipe, recipe_kwargs}}, got {variants!r}")
+            raise ValueError(
+                f"study {name!r}: variants must map a name to {{recipe, recipe_kwargs, protocol, branch_at}}, got {variants!r}"
+            )
         for vname, variant in variants.items():
             _check_keys(f"study {name!r} variant {vname!r}", variant or {}, _VARIANT_KEYS)
 

@@ -3,10 +3,29 @@
 A run's *settings* are a plain dict (what a sweep hashes into the run id, and what a checkpoint keeps)::
 
     {"backbone": "dncnn", "model": {...}, "variant": "dconv", "recipe": "dncnn_dconv", "recipe_kwargs": {},
-     "seed": 0, "data": {...}, "noise": {"sigma": 50}, "train": {...}, "test": {...}}
+     "protocol": "scratch", "branch_at": None, "seed": 0,
+     "data": {...}, "noise": {"sigma": 50}, "train": {...}, "test": {...}}
 
 with the ``data``/``noise``/``train``/``test`` sections of :mod:`experiments.config`. Data flows one way:
 the data module's images → the noise → the model → the protocol's metrics → the row.
+
+Paired arms. A baseline run and an enhanced run of the same seed differ only in the surgery: the seed
+fixes the global RNG before the backbone is built, so every layer the two share starts from the same
+weights (the inserted blocks draw theirs afterwards), and it seeds the one data stream from which the
+patches, their flips and the training noise are drawn in a fixed order, whatever the model. The BatchNorm
+re-estimation before testing draws its batches from its own seed, alike for both arms, and the test noise
+is fixed by the test protocol. So a gain measures the block, not the luck of the draw
+(common random numbers); tests/experiments/test_paired.py checks each of these.
+
+Protocols (:data:`PROTOCOLS`), how an enhanced run is trained:
+
+- ``scratch``: from its initial weights, for ``train.iterations`` steps, as the baseline (the paper's);
+- ``warm_start`` ("surgery on a trained model"): the baseline of the same seed is trained ``branch_at``
+  steps (or its snapshot at that step is reused), the recipe is applied with ``preserve_output=True``
+  so the model computes exactly what the baseline did, and training continues to ``train.iterations``
+  with the baseline's optimizer state for the carried weights (fresh for the new ones), its learning-rate
+  schedule and its data stream. The baseline run itself is the other arm: it continues on the same
+  stream from the same state, so the two arms differ only in the inserted block.
 """
 
 from __future__ import annotations
@@ -17,6 +36,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -25,17 +45,23 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from .checkpoint import build_model
-from .train import PatchSampler, TrainResult, TrainSettings, fit, get_loss, loss_name
+from .checkpoint import build_model, load_checkpoint, save_checkpoint, snapshot_path
+from .train import PatchSampler, TrainResult, TrainSettings, carry_optimizer_state, fit, get_loss, loss_name
 
 __all__ = [
+    "PROTOCOLS",
+    "PAIR_FREE",
     "canonical",
     "settings_hash",
+    "check_protocol",
+    "baseline_settings",
     "resolve_device",
     "model_kwargs",
     "training_set",
+    "training_noise",
     "train_model",
     "evaluate_model",
+    "test_model",
     "measure_model",
     "versions",
     "execute",
@@ -44,6 +70,10 @@ __all__ = [
 
 # Settings that do not change what a run computes; left out of the hash so they can differ per machine.
 _UNHASHED: tuple[str, ...] = ("data.data_root", "train.checkpoint_every", "train.device", "train.threads")
+
+PROTOCOLS: tuple[str, ...] = ("scratch", "warm_start")
+#: The settings in which the two arms of a pair (baseline and enhanced, same seed) may differ.
+PAIR_FREE: tuple[str, ...] = ("variant", "recipe", "recipe_kwargs", "protocol", "branch_at")
 
 
 def canonical(value: Any) -> Any:
@@ -69,6 +99,40 @@ def settings_hash(settings: Mapping[str, Any], drop: Iterable[str] = ()) -> str:
             node.pop(last, None)
     text = json.dumps(s, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def check_protocol(settings: Mapping[str, Any], where: str = "the run") -> None:
+    """Raise ``ValueError`` unless ``protocol``/``branch_at`` make sense for these settings."""
+    protocol, branch_at = settings.get("protocol", "scratch"), settings.get("branch_at")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"{where}: unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if protocol == "scratch":
+        if branch_at is not None:
+            raise ValueError(f"{where}: branch_at={branch_at!r} needs protocol: warm_start")
+        return
+    if not settings.get("recipe"):
+        raise ValueError(f"{where}: protocol warm_start needs a recipe (it is surgery on the trained baseline)")
+    iterations = settings["train"]["iterations"]
+    if isinstance(branch_at, bool) or not isinstance(branch_at, int) or not 0 < branch_at < int(iterations):
+        raise ValueError(
+            f"{where}: protocol warm_start needs branch_at, the baseline's steps before the surgery, an integer "
+            f"with 0 < branch_at < train.iterations = {iterations}; got {branch_at!r}"
+        )
+
+
+def baseline_settings(settings: Mapping[str, Any], iterations: int | None = None) -> dict[str, Any]:
+    """The settings of the baseline paired with ``settings`` (no surgery), optionally for another budget.
+
+    >>> s = baseline_settings({"variant": "dconv", "recipe": "r", "recipe_kwargs": {"a": 1}, "protocol": "warm_start",
+    ...                        "branch_at": 5, "train": {"iterations": 9}}, iterations=5)
+    >>> s["recipe"], s["protocol"], s["branch_at"], s["train"]["iterations"]
+    (None, 'scratch', None, 5)
+    """
+    base = copy.deepcopy(dict(settings))
+    base.update(variant="baseline", recipe=None, recipe_kwargs={}, protocol="scratch", branch_at=None)
+    if iterations is not None:
+        base["train"]["iterations"] = int(iterations)
+    return base
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -107,7 +171,8 @@ def training_set(data: Mapping[str, Any]) -> Any:
     return open_dataset(str(train), data.get("data_root"), channels=data.get("channels"))
 
 
-def _noise(settings: Mapping[str, Any], paired: bool) -> Any:
+def training_noise(settings: Mapping[str, Any], paired: bool) -> Any:
+    """The synthetic training noise of the run, or ``None`` for paired (noisy, clean) data."""
     from .noise import GaussianNoise
 
     return None if paired else GaussianNoise(settings["noise"]["sigma"])
@@ -120,13 +185,70 @@ def _check_resumable(settings: Mapping[str, Any], checkpoint: str | os.PathLike)
     stored = load_checkpoint(checkpoint).get("config")
     if stored is None:
         return
-    drop = ("train.iterations",)
+    drop = ("train.iterations", "variant")  # a longer budget continues; a variant's name is only a label
     if settings_hash(stored, drop) != settings_hash(settings, drop):
         changed = sorted(k for k in set(stored) | set(settings) if canonical(stored.get(k)) != canonical(settings.get(k)))
         raise ValueError(
             f"{checkpoint} was trained with different settings (they differ in {changed}); "
             f"resume with the same settings or train into another folder"
         )
+
+
+def _recipe_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe's arguments as applied: ``preserve_output=True`` added for a warm start."""
+    kwargs = dict(settings.get("recipe_kwargs") or {})
+    if settings.get("protocol") == "warm_start":
+        kwargs["preserve_output"] = True
+    return kwargs
+
+
+def _branch(
+    settings: Mapping[str, Any],
+    checkpoint: Path,
+    record: Mapping[str, Any],
+    sources: Iterable[str | os.PathLike],
+    progress: bool | None,
+    device: str | torch.device | None,
+) -> None:
+    """Write the warm-started run's first checkpoint: the baseline at ``branch_at`` after the surgery.
+
+    The baseline's state at ``branch_at`` comes from the first of ``sources`` that holds it (snapshots
+    kept by the paired baseline run) or is trained here, into ``branch.pt`` beside ``checkpoint``
+    (resumable, bit-identical to the baseline run's own trajectory on the same machine and threads).
+    """
+    from dynfilter.surgery import recipes
+
+    from ._io import atomic_write
+
+    branch_at = int(settings["branch_at"])
+    base = baseline_settings(settings, iterations=branch_at)
+    branch = checkpoint.with_name("branch.pt")
+    if not branch.is_file():
+        for source in sources:
+            if Path(source).is_file() and int(load_checkpoint(source)["iteration"]) == branch_at:
+                atomic_write(branch, lambda tmp, src=Path(source): shutil.copyfile(src, tmp))
+                break
+    meta = {**dict(record), "run_id": f"{record.get('run_id', 'run')} (baseline to step {branch_at})"}
+    baseline, _ = train_model(base, branch, progress=progress, device=device, meta=meta)
+    state = load_checkpoint(branch)
+    baseline = baseline.cpu()
+    plan = recipes.get(settings["recipe"])(baseline, **_recipe_kwargs(settings))
+    if not plan.keeps_output:
+        raise ValueError(f"recipe {settings['recipe']!r} with {_recipe_kwargs(settings)} does not keep the baseline's "
+                         f"output, so a warm start would not begin where the baseline is")
+    enhanced = plan.apply()
+    optimizer = carry_optimizer_state(state["optimizer"], baseline, enhanced, plan.key_map(enhanced))
+    save_checkpoint(checkpoint, {
+        **dict(record),
+        "model": enhanced.state_dict(),
+        "optimizer": optimizer,
+        "scheduler": state["scheduler"],
+        "iteration": branch_at,
+        "iterations": int(settings["train"]["iterations"]),
+        "rng": state["rng"],
+        "train_seconds": float(state["train_seconds"]),
+        "last_loss": float(state["last_loss"]),
+    })
 
 
 def train_model(
@@ -136,17 +258,36 @@ def train_model(
     progress: bool | None = None,
     device: str | torch.device | None = None,
     meta: Mapping[str, Any] | None = None,
+    snapshots: Iterable[int] = (),
+    branch_sources: Iterable[str | os.PathLike] = (),
 ) -> tuple[nn.Module, TrainResult]:
     """Build the run's model from its seed and recipe, then train it (resuming from ``checkpoint``).
+
+    A ``warm_start`` run first writes its branch checkpoint (see :func:`_branch`; ``branch_sources`` are
+    snapshot files of the paired baseline to reuse) and then resumes from it; it needs a ``checkpoint``.
+    ``snapshots`` are steps at which to keep copies of the checkpoint (:func:`~experiments.checkpoint.snapshot_path`).
 
     Returns:
         (model, result): the trained model in eval mode on ``device`` and the :class:`TrainResult`.
     """
     train = settings["train"]
     kwargs = model_kwargs(settings)
+    check_protocol(settings)
+    record = {
+        **dict(meta or {}),
+        "model_name": settings["backbone"],
+        "model_kwargs": kwargs,
+        "recipe": settings.get("recipe"),
+        "recipe_kwargs": _recipe_kwargs(settings),
+        "config": json.loads(json.dumps(settings)),
+    }
     if checkpoint is not None and Path(checkpoint).is_file():
         _check_resumable(settings, checkpoint)
-    model = build_model(settings["backbone"], kwargs, settings.get("recipe"), settings.get("recipe_kwargs"), seed=settings["seed"])
+    elif settings.get("protocol") == "warm_start":
+        if checkpoint is None:
+            raise ValueError("a warm_start run needs a checkpoint file to branch into")
+        _branch(settings, Path(checkpoint), record, branch_sources, progress, device)
+    model = build_model(settings["backbone"], kwargs, settings.get("recipe"), record["recipe_kwargs"], seed=settings["seed"])
     dataset = training_set(settings["data"])
     sampler = PatchSampler(dataset, train["patch_size"], train["batch_size"], augment=train["augment"])
     optim = TrainSettings(
@@ -159,25 +300,18 @@ def train_model(
         lr_gamma=float(train["lr_gamma"]),
         checkpoint_every=int(train["checkpoint_every"]),
     )
-    record = {
-        **dict(meta or {}),
-        "model_name": settings["backbone"],
-        "model_kwargs": kwargs,
-        "recipe": settings.get("recipe"),
-        "recipe_kwargs": dict(settings.get("recipe_kwargs") or {}),
-        "config": json.loads(json.dumps(settings)),
-    }
     result = fit(
         model,
         sampler,
         get_loss(train["loss"], paired=sampler.paired),
         optim,
         seed=int(settings["seed"]),
-        noise=_noise(settings, sampler.paired),
+        noise=training_noise(settings, sampler.paired),
         checkpoint=checkpoint,
         meta=record,
         device=resolve_device(device if device is not None else train.get("device")),
         progress=progress,
+        snapshots=snapshots,
     )
     return model, result
 
@@ -215,6 +349,32 @@ def evaluate_model(
 
         atomic_write(per_image, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
     return out
+
+
+def test_model(
+    model: nn.Module,
+    settings: Mapping[str, Any],
+    checkpoint: str | os.PathLike | None = None,
+    per_image: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Re-estimate BatchNorm statistics if ``test.recalibrate_bn`` (and the model has BatchNorm), then
+    :func:`evaluate_model`.
+
+    The re-estimated statistics are stored in ``checkpoint`` as ``"tested_buffers"`` so that
+    :func:`~experiments.checkpoint.model_from_checkpoint` gives the model that was tested; the trained
+    ones stay for resuming. Returns the metrics with ``bn_recalibrated`` and ``bn_batches``.
+    """
+    from .batchnorm import recalibrate_for_test
+
+    layers = recalibrate_for_test(model, settings) if settings["test"].get("recalibrate_bn") else 0
+    if layers and checkpoint is not None and Path(checkpoint).is_file():
+        norms = {name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        buffers = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.rpartition(".")[0] in norms
+                   and k.rpartition(".")[2] in ("running_mean", "running_var", "num_batches_tracked")}
+        state = load_checkpoint(checkpoint)
+        save_checkpoint(checkpoint, {**state, "tested_buffers": buffers})
+    metrics = evaluate_model(model.eval(), settings, per_image)
+    return {"bn_recalibrated": bool(layers), "bn_batches": int(settings["test"]["bn_batches"]) if layers else 0, **metrics}
 
 
 def measure_model(model: nn.Module, measure: Mapping[str, Any], in_channels: int) -> dict[str, Any]:
@@ -268,16 +428,20 @@ def execute(
     *,
     progress: bool | None = None,
     meta: Mapping[str, Any] | None = None,
+    snapshots: Iterable[int] = (),
+    branch_sources: Iterable[str | os.PathLike] = (),
 ) -> dict[str, Any]:
-    """Train (or resume) the run in ``run_dir``, then evaluate and measure it; returns its result row.
+    """Train (or resume) the run in ``run_dir``, then test and measure it; returns its result row.
 
     ``run_dir`` receives ``checkpoint.pt`` (the resume point, and what ``dynfilter denoise`` reads)
-    and ``images.csv`` (per-image test rows).
+    and ``images.csv`` (per-image test rows); ``snapshots`` and ``branch_sources`` as in :func:`train_model`.
     """
     run_dir = Path(run_dir)
-    model, result = train_model(settings, run_dir / "checkpoint.pt", progress=progress, meta=meta)
+    checkpoint = run_dir / "checkpoint.pt"
+    model, result = train_model(settings, checkpoint, progress=progress, meta=meta, snapshots=snapshots,
+                                branch_sources=branch_sources)
     tic = time.perf_counter()
-    metrics = evaluate_model(model, settings, run_dir / "images.csv")
+    metrics = test_model(model, settings, checkpoint, run_dir / "images.csv")
     eval_seconds = time.perf_counter() - tic
     cost = measure_model(model, measure, model_kwargs(settings)["in_channels"])
     train = settings["train"]
@@ -287,6 +451,8 @@ def execute(
         "recipe": settings.get("recipe") or "",
         "recipe_kwargs": json.dumps(settings.get("recipe_kwargs") or {}, sort_keys=True),
         "model_kwargs": json.dumps(model_kwargs(settings), sort_keys=True),
+        "protocol": settings.get("protocol") or "scratch",
+        "branch_at": settings.get("branch_at") if settings.get("branch_at") is not None else "",
         "seed": settings["seed"],
         "train_data": json.dumps(settings["data"]["train"]) if isinstance(settings["data"]["train"], Mapping)
         else settings["data"]["train"],

@@ -41,7 +41,8 @@ from typing import Any, Iterable, Mapping
 
 from ._io import atomic_write, try_file_lock
 from .config import SECTIONS, set_path
-from .run import canonical, settings_hash
+from .checkpoint import snapshot_path
+from .run import PAIR_FREE, canonical, check_protocol, settings_hash
 
 __all__ = [
     "Run",
@@ -142,6 +143,7 @@ def expand(study: Mapping[str, Any]) -> list[Run]:
         point = dict(zip(grid, values))
         for variant, spec in study["variants"].items():
             recipe = spec.get("recipe")
+            protocol, branch_at = spec.get("protocol") or "scratch", spec.get("branch_at")
             for seed in seeds:
                 settings: dict[str, Any] = {
                     "backbone": study["backbone"],
@@ -149,6 +151,8 @@ def expand(study: Mapping[str, Any]) -> list[Run]:
                     "variant": variant,
                     "recipe": recipe,
                     "recipe_kwargs": copy.deepcopy(dict(spec.get("recipe_kwargs") or {})),
+                    "protocol": protocol,
+                    "branch_at": branch_at,
                     "seed": seed,
                     **{section: copy.deepcopy(dict(study[section])) for section in SECTIONS if section != "measure"},
                 }
@@ -163,11 +167,12 @@ def expand(study: Mapping[str, Any]) -> list[Run]:
                     axes[axis] = value
                 if not isinstance(settings["seed"], int) or isinstance(settings["seed"], bool):
                     raise ValueError(f"seeds must be integers, got {settings['seed']!r}")
+                check_protocol(settings, f"study {study['name']!r} variant {variant!r}")
                 digest = settings_hash(settings)
                 tokens = [_token(a, v) for a, v in axes.items() if a != "seed"]
                 run_id = "-".join([settings["backbone"], *tokens, variant, f"s{settings['seed']}", digest])
                 run_id = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
-                pair = settings_hash(settings, drop=("variant", "recipe", "recipe_kwargs"))
+                pair = settings_hash(settings, drop=PAIR_FREE)
                 cell = settings_hash(settings, drop=("seed",))
                 trajectory = settings_hash(settings, drop=("train.iterations",))
                 if run_id not in runs:
@@ -269,6 +274,20 @@ def warm_start(run: Run, pool: Iterable[Run], out: str | Path, finished: set[str
     return None
 
 
+def _partners(run: Run, pool: list[Run]) -> list[Run]:
+    """The baseline runs whose trajectory passes through ``run``'s branch point (warm-started runs only).
+
+    The paired baseline and its twins at other budgets: same settings as the baseline of ``run`` except
+    ``train.iterations``.
+    """
+    if run.settings.get("protocol") != "warm_start":
+        return []
+    lineage = settings_hash(run.settings, drop=(*PAIR_FREE, "train.iterations"))
+    return [r for r in pool if not r.settings.get("recipe") and r.settings.get("protocol", "scratch") == "scratch"
+            and settings_hash(r.settings, drop=(*PAIR_FREE, "train.iterations")) == lineage
+            and int(r.settings["train"]["iterations"]) >= int(run.settings["branch_at"])]
+
+
 def run_sweep(
     runs: list[Run],
     out: str | Path,
@@ -298,10 +317,20 @@ def run_sweep(
     from .results import ResultsTable
     from .run import execute
 
+    from .gains import summary_text
+
     out = Path(out)
     table = ResultsTable(out)
     pool = list(runs if pool is None else pool)
     outcome: dict[str, list[str]] = {"done": [], "skipped": [], "busy": []}
+    # Baselines keep a snapshot at each branch point of a warm-started partner, which then starts from it.
+    snapshots: dict[str, set[int]] = {}
+    sources: dict[str, list[Path]] = {}
+    for run in pool:
+        for base in _partners(run, pool):
+            snapshots.setdefault(base.id, set()).add(int(run.settings["branch_at"]))
+            sources.setdefault(run.id, []).append(snapshot_path(_run_dir(out, base) / "checkpoint.pt",
+                                                                run.settings["branch_at"]))
     for n, run in enumerate(runs, 1):
         if run.id in table.ids():
             outcome["skipped"].append(run.id)
@@ -319,7 +348,8 @@ def run_sweep(
             source = warm_start(run, pool, out, table.ids()) if continue_budgets else None
             if source is not None:
                 log(f"    continuing {source} (same trajectory, shorter budget)")
-            row = execute(run.settings, measure, folder, progress=progress, meta={"run_id": run.id})
+            row = execute(run.settings, measure, folder, progress=progress, meta={"run_id": run.id},
+                          snapshots=sorted(snapshots.get(run.id, ())), branch_sources=sources.get(run.id, ()))
             row = {
                 "id": run.id,
                 "study": run.study,
@@ -336,4 +366,8 @@ def run_sweep(
             psnr = ", ".join(f"{k[5:]} {v:.2f} dB" for k, v in row.items() if k.startswith("psnr_"))
             log(f"    {psnr}; {row['params']:,} params; {row['train_seconds']:.0f} s training")
             outcome["done"].append(run.id)
+    studies = {r.study for r in runs}
+    finished = table.read()
+    if not finished.empty and "study" in finished:
+        log(summary_text(finished[finished["study"].isin(studies)]))
     return outcome

@@ -27,13 +27,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from . import ddp
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, snapshot_path
 
 __all__ = [
     "LOSSES",
@@ -47,6 +47,7 @@ __all__ = [
     "TrainSettings",
     "TrainResult",
     "fit",
+    "carry_optimizer_state",
     "STREAM_SEED_OFFSET",
 ]
 
@@ -251,6 +252,7 @@ def fit(
     meta: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
+    snapshots: Iterable[int] = (),
 ) -> TrainResult:
     """Train ``model`` in place for ``settings.iterations`` steps, resuming from ``checkpoint`` if present.
 
@@ -271,6 +273,8 @@ def fit(
         meta: extra entries stored in the checkpoint (``model_name``, ``model_kwargs``, ``recipe``, …).
         device: where the model and batches live; the stream generator stays on the CPU.
         progress: show a tqdm bar with the loss and it/s; ``None`` shows it when stderr is a terminal.
+        snapshots: steps at which to keep a copy of the checkpoint as well, at
+            :func:`~experiments.checkpoint.snapshot_path` (the branch points of warm-started runs).
 
     Returns:
         TrainResult: with ``iterations`` equal to ``settings.iterations``.
@@ -293,9 +297,9 @@ def fit(
     start, seconds, last_loss = 0, 0.0, math.nan
     if checkpoint is not None and Path(checkpoint).is_file():
         state = load_checkpoint(checkpoint)
-        if state.get("iterations", settings.iterations) > settings.iterations:
+        if int(state["iteration"]) > settings.iterations:
             raise ValueError(
-                f"checkpoint {checkpoint} is from a run of {state['iterations']} iterations, more than the "
+                f"checkpoint {checkpoint} has done {state['iteration']} iterations, more than the "
                 f"{settings.iterations} asked for; use a new run folder"
             )
         model.load_state_dict(state["model"])
@@ -308,10 +312,12 @@ def fit(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
-    def save(iteration: int) -> None:
-        if checkpoint is None or rank != 0:
+    keep = {int(step) for step in snapshots}
+
+    def save(iteration: int, path: str | os.PathLike | None = checkpoint) -> None:
+        if path is None or rank != 0:
             return
-        save_checkpoint(checkpoint, {
+        save_checkpoint(path, {
             **dict(meta or {}),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -351,6 +357,8 @@ def fit(
         bar.set_postfix(loss=f"{last_loss:.4g}", lr=f"{scheduler.get_last_lr()[0]:.3g}", refresh=False)
         if iteration % settings.checkpoint_every == 0 or iteration == settings.iterations:
             save(iteration)
+        if iteration in keep and checkpoint is not None:
+            save(iteration, snapshot_path(checkpoint, iteration))
     bar.close()
     if start == settings.iterations and checkpoint is not None and rank == 0 and not Path(checkpoint).is_file():
         save(start)
@@ -358,6 +366,36 @@ def fit(
         torch.distributed.barrier()
     model.eval()
     return TrainResult(settings.iterations, seconds, last_loss, start, losses)
+
+
+def carry_optimizer_state(
+    state: Mapping[str, Any], old: nn.Module, new: nn.Module, key_map: Mapping[str, str]
+) -> dict[str, Any]:
+    """An optimizer ``state_dict`` for ``new`` that continues ``state`` (saved for ``old``) where they share weights.
+
+    Optimizer states are keyed by parameter position; ``key_map`` (``{name in new: name in old}``, e.g.
+    :meth:`dynfilter.surgery.plan.Plan.key_map`) says which parameter of ``new`` is which of ``old``. A
+    carried parameter keeps its state (Adam's moments and step count); a new one has none, so the
+    optimizer starts it fresh. The single parameter group's settings are kept.
+
+    >>> old = nn.Linear(2, 2); new = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    >>> opt = torch.optim.Adam(old.parameters()); old(torch.ones(1, 2)).sum().backward(); opt.step()
+    >>> carried = carry_optimizer_state(opt.state_dict(), old, new, {"0.weight": "weight", "0.bias": "bias"})
+    >>> sorted(carried["state"]), carried["param_groups"][0]["params"]
+    ([0, 1], [0, 1, 2, 3])
+    """
+    groups = state["param_groups"]
+    if len(groups) != 1:
+        raise ValueError(f"can only carry a single-group optimizer state, this one has {len(groups)} groups")
+    old_index = {name: i for i, (name, _) in enumerate(old.named_parameters())}
+    new_names = [name for name, _ in new.named_parameters()]
+    carried = {}
+    for i, name in enumerate(new_names):
+        j = old_index.get(key_map.get(name, ""))
+        if j is not None and j in state["state"]:
+            carried[i] = state["state"][j]
+    group = {**groups[0], "params": list(range(len(new_names)))}
+    return {"state": carried, "param_groups": [group]}
 
 
 if __name__ == "__main__":

@@ -246,6 +246,34 @@ class Plan:
             self.notes + [n for n in other.notes if n not in self.notes],
         )
 
+    def key_map(self, rewritten: nn.Module) -> dict[str, str]:
+        """``{key in rewritten: key in the planned model}`` for every state-dict entry that comes from it.
+
+        Untouched modules keep their keys; a swapped module's entries map through its carried weights
+        (``body.4.conv.weight ← body.4.weight``); new weights are absent. What an optimizer state or a
+        trained checkpoint needs to follow the parameters through surgery.
+
+        >>> net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1))
+        >>> from dynfilter.surgery import replace
+        >>> p = plan(net, "1", replace.conv_then_dconv())
+        >>> {k: v for k, v in p.key_map(p.apply()).items() if k != v}
+        {'1.conv.weight': '1.weight', '1.conv.bias': '1.bias'}
+        """
+        old = set(self.model.state_dict())
+        prefixes = sorted(((n, e) for e in self.entries for n in e.names), key=lambda ne: -len(ne[0]))
+        out: dict[str, str] = {}
+        for key in unwrap(rewritten)[0].state_dict():
+            match = next(((n, e) for n, e in prefixes if n == "" or key == n or key.startswith(n + ".")), None)
+            if match is None:
+                if key in old:
+                    out[key] = key
+                continue
+            name, entry = match
+            local = key[len(name) + 1:] if name else key
+            if local in entry.carried:
+                out[key] = f"{name}.{entry.carried[local]}" if name else entry.carried[local]
+        return out
+
     def rows(self) -> list[dict]:
         """Swapped entries as plain data."""
         return [e.row() for e in self.entries]

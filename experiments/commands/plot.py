@@ -15,7 +15,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Read RESULTS (a results.csv written by `dynfilter sweep`, or its folder) and write "
         "gain.png/.svg (PSNR(enhanced) - PSNR(baseline) vs depth or blocks, or the grid axis named by --x, one line "
         "per value of the other axes and variant, one panel per backbone and test set), cost.png/.svg (PSNR vs MACs "
-        "and params) and table.md.",
+        "and params), table.md and gains.csv. Gains are paired by seed and summarised over seeds as the mean with "
+        "its 95 % Student t interval and a verdict (gain, loss, or not resolved when the interval contains 0).",
     )
     parser.add_argument("results", metavar="RESULTS", help="results.csv or the folder holding it")
     parser.add_argument("--out", help="output folder (default: <results folder>/plots)")
@@ -34,8 +35,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     paths = plot_results(args.results, args.out, args.x)
     if args.print_table:
         print(paths["markdown"])
+    print(paths["summary"])
     if paths["gain"]:
         print(f"gain plot:  {paths['gain'][0]}  (and .svg)")
+        print(f"gains:      {paths['gains']}  (interval and verdict per configuration and test set)")
     else:
         print("gain plot:  none (no enhanced run has a finished baseline yet)")
     print(f"cost plot:  {paths['cost'][0]}  (and .svg)")

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from experiments import ddp
     from experiments.config import SECTIONS, config_from_args, dump_config
-    from experiments.run import evaluate_model, model_kwargs, train_model
+    from experiments.run import model_kwargs, test_model, train_model
     from experiments.sweep import expand
 
     from ._args import parse_kwargs
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"trained {result.iterations} iterations in {result.train_seconds:.1f} s "
                   f"(resumed at {result.resumed_from}); final loss {result.final_loss:.4g}")
             if not args.no_eval:
-                metrics = evaluate_model(model, spec.settings, out / "images.csv")
+                metrics = test_model(model, spec.settings, out / "checkpoint.pt", out / "images.csv")
                 summary.update(metrics)
                 for key, value in metrics.items():
                     if key.startswith("psnr_"):

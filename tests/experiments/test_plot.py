@@ -67,11 +67,17 @@ def test_gains_match_construction(results):
         assert row["gain_Kodak24"] == pytest.approx(expected, abs=1e-9)
         assert row["gain_CBSD68_std"] == pytest.approx(0.02 * math.sqrt(2), abs=1e-9)
         assert row["seeds"] == 2
+        # Two seeds: t(0.975, 1) = 12.7062 (printed t tables) times sd / sqrt(2) = 0.02: a half-width of 0.254 dB.
+        assert row["gain_CBSD68_ci"] == pytest.approx(12.7062 * 0.02, abs=1e-4)
+        assert row["gain_CBSD68_low"] == pytest.approx(expected - 12.7062 * 0.02, abs=1e-4)
+        assert row["verdict_CBSD68"] == ("gain" if expected > 12.7062 * 0.02 else "not resolved")
     rdn = gains[gains["backbone"] == "rdn"]
     assert len(rdn) == 6
     for _, row in rdn.iterrows():
         assert row["gain_CBSD68"] == pytest.approx(RDN_GAIN[(row["num_blocks"], row["channels"])], abs=1e-9)
-        assert row["gain_CBSD68_std"] == 0.0 and row["seeds"] == 1
+        # One seed: no spread, no interval, no verdict.
+        assert math.isnan(row["gain_CBSD68_std"]) and math.isnan(row["gain_CBSD68_ci"]) and row["seeds"] == 1
+        assert row["verdict_CBSD68"] == "1 seed: no verdict"
 
 
 def test_plot_results_writes_figures_and_table(results, capsys):
@@ -85,8 +91,14 @@ def test_plot_results_writes_figures_and_table(results, capsys):
     assert str(out / "gain.png") in printed and str(out / "table.md") in printed
     table = (out / "table.md").read_text()
     # Hand-computed cells: the paper's 0.60 dB at depth 5 with the seed spread, and an RDN gain.
-    assert "| 5 | 32 | dconv | 2 | 28.47 | 29.47 | +0.60 ± 0.03 | +0.60 ± 0.03 | 160,500 | 0.320 | 50 |" in table
-    assert "| 9 | 16 | mdcb | 1 | 29.19 | 29.19 | +0.29 | +0.29 |" in table
+    assert ("| 5 | 32 | dconv | 2 | 28.47 | 29.47 | +0.60 ± 0.25 | gain | +0.60 ± 0.25 | gain | 160,500 | 0.320 | 50 |"
+            in table)
+    # Depth 15, width 64: 0.075 dB lies inside its ±0.25 dB interval.
+    assert "| 15 | 64 | dconv | 2 | 29.27 | 30.27 | +0.07 ± 0.25 | not resolved |" in table
+    assert "| 9 | 16 | mdcb | 1 | 29.19 | 29.19 | +0.29 | 1 seed: no verdict | +0.29 | 1 seed: no verdict |" in table
+    gains = pd.read_csv(out / "gains.csv")
+    assert {"gain_CBSD68_ci", "gain_CBSD68_low", "gain_CBSD68_high", "verdict_CBSD68", "seeds"} <= set(gains.columns)
+    assert "dncnn depth=5 channels=32 dconv  CBSD68: +0.60 ± 0.25 dB (2 seeds, gain)" in printed
     assert "**dncnn**" in table and "**rdn**" in table
 
 
@@ -152,8 +164,11 @@ def test_budget_gains_spreads_and_x_axis(tmp_path, capsys):
     text = (tmp_path / "figs" / "table.md").read_text()
     # Hand-computed: depth 5, 2,000 iterations, identity init: PSNR 24 + 0.2 + mean(seed)/100 − 0.05 = 24.16 dB;
     # 0.12 s/it; latency 2.5 ms × 5.
-    assert "| 2000 | 5 | 32 | dconv_identity | 3 | 24.16 | -0.05 ± 0.10 | 5,000 | 0.500 | 240 | 120.0 | 12.50 |" in text
-    assert "| 600 | 10 | 32 | baseline | 3 | 24.07 |  | 10,000 | 1.000 | 60 | 100.0 | 20.00 |" in text
+    # t(0.975, 2) = 4.3027 times sd / sqrt(3) = 0.1 / sqrt(3): a half-width of 0.248 dB.
+    assert ("| 2000 | 5 | 32 | dconv_identity | 3 | 24.16 | -0.05 ± 0.25 | not resolved | 5,000 | 0.500 | 240 | "
+            "120.0 | 12.50 |" in text)
+    assert "| 600 | 5 | 32 | dconv | 3 | 23.27 | -0.80 ± 0.25 | loss |" in text
+    assert "| 600 | 10 | 32 | baseline | 3 | 24.07 |  |  | 10,000 | 1.000 | 60 | 100.0 | 20.00 |" in text
     # Within each depth, the budgets ascend (the variants of one budget side by side).
     lines = [line for line in text.splitlines() if line.startswith("| ") and "| 5 | 32 | dconv |" in line]
     assert [line.split(" | ")[0] for line in lines] == ["| 600", "| 2000", "| 6000"]

@@ -111,7 +111,7 @@ def test_parse_shard_and_unknown_ids():
 
 
 def _fake_execute(calls):
-    def execute(settings, measure, run_dir, *, progress=None, meta=None):
+    def execute(settings, measure, run_dir, *, progress=None, meta=None, **paired):
         calls.append(meta["run_id"])
         return {"psnr_builtin": 20.0 + len(calls), "params": 10, "train_seconds": 0.0}
 
@@ -143,7 +143,7 @@ _WORKER = textwrap.dedent("""
     from experiments.config import load_config, study_config
     from experiments.sweep import expand, run_sweep
 
-    def execute(settings, measure, run_dir, *, progress=None, meta=None):
+    def execute(settings, measure, run_dir, *, progress=None, meta=None, **paired):
         time.sleep(0.3)
         with open(sys.argv[2], "a") as f:
             f.write(meta["run_id"] + "\\n")
@@ -200,7 +200,7 @@ def test_sweep_command_runs_lists_and_resumes(tmp_path, capsys):
 def _train_only(calls):
     """``execute`` that really trains (checkpoints and all) but skips testing and measuring."""
 
-    def execute(settings, measure, run_dir, *, progress=None, meta=None):
+    def execute(settings, measure, run_dir, *, progress=None, meta=None, **paired):
         _, result = run_mod.train_model(settings, Path(run_dir) / "checkpoint.pt", progress=False, meta=meta)
         calls.append((meta["run_id"], result.resumed_from))
         return {"psnr_builtin": 1.0, "params": 1, "train_seconds": result.train_seconds}
