@@ -56,11 +56,12 @@ STANDARD_SETS: dict[str, int] = {
     "Train400": 1,
 }
 
-# The photographs bundled with scikit-image (no download). ``cat`` is the same picture as
-# ``chelsea`` and the two motorcycle views are a stereo pair, so each appears once.
+# The colour photographs bundled with scikit-image (no download). Four natural photographs are for
+# testing; the two views of the motorcycle stereo pair (near repeats of each other, so both train) and three
+# scientific images are for training. ``cat`` is the same picture as ``chelsea`` and is left out.
 BUILTIN_SPLITS: dict[str, tuple[str, ...]] = {
-    "train": ("rocket", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle_left"),
-    "test": ("astronaut", "chelsea", "coffee"),
+    "train": ("hubble_deep_field", "immunohistochemistry", "retina", "motorcycle_left", "motorcycle_right"),
+    "test": ("astronaut", "chelsea", "coffee", "rocket"),
 }
 _BUILTIN_ALIASES = {"builtin": "test", "builtin-test": "test", "builtin-train": "train"}
 
@@ -213,8 +214,9 @@ class ImageFolder(ImageSet):
 def _skimage_loader(name: str) -> Callable[[], np.ndarray]:
     from skimage import data as skdata
 
-    if name == "motorcycle_left":
-        return lambda: skdata.stereo_motorcycle()[0]
+    if name.startswith("motorcycle_"):
+        view = 0 if name == "motorcycle_left" else 1
+        return lambda: skdata.stereo_motorcycle()[view]
     return getattr(skdata, name)
 
 
@@ -222,14 +224,14 @@ class BuiltinImages(ImageSet):
     """scikit-image's bundled photographs, split into fixed ``"train"`` and ``"test"`` parts.
 
     Nothing is downloaded: every image is a file inside the installed ``skimage`` package.
-    Decoded images are kept in memory (13 MB for both splits).
+    Decoded images are kept in memory (14 MB for both splits).
 
     Args:
         split (str): ``"train"`` or ``"test"`` (see :data:`BUILTIN_SPLITS`).
         channels (int, optional): 1 converts to BT.601 luma; 3 or ``None`` keeps colour.
 
     >>> BuiltinImages("test").names
-    ['astronaut', 'chelsea', 'coffee']
+    ['astronaut', 'chelsea', 'coffee', 'rocket']
     """
 
     def __init__(self, split: str = "test", channels: int | None = None) -> None:

@@ -209,12 +209,13 @@ def _branch(
     sources: Iterable[str | os.PathLike],
     progress: bool | None,
     device: str | torch.device | None,
-) -> None:
+) -> float:
     """Write the warm-started run's first checkpoint: the baseline at ``branch_at`` after the surgery.
 
     The baseline's state at ``branch_at`` comes from the first of ``sources`` that holds it (snapshots
     kept by the paired baseline run) or is trained here, into ``branch.pt`` beside ``checkpoint``
     (resumable, bit-identical to the baseline run's own trajectory on the same machine and threads).
+    Returns the seconds spent training the baseline here (0 when a snapshot was reused).
     """
     from dynfilter.surgery import recipes
 
@@ -229,7 +230,7 @@ def _branch(
                 atomic_write(branch, lambda tmp, src=Path(source): shutil.copyfile(src, tmp))
                 break
     meta = {**dict(record), "run_id": f"{record.get('run_id', 'run')} (baseline to step {branch_at})"}
-    baseline, _ = train_model(base, branch, progress=progress, device=device, meta=meta)
+    baseline, pretrained = train_model(base, branch, progress=progress, device=device, meta=meta)
     state = load_checkpoint(branch)
     baseline = baseline.cpu()
     plan = recipes.get(settings["recipe"])(baseline, **_recipe_kwargs(settings))
@@ -249,6 +250,7 @@ def _branch(
         "train_seconds": float(state["train_seconds"]),
         "last_loss": float(state["last_loss"]),
     })
+    return pretrained.spent_seconds
 
 
 def train_model(
@@ -281,12 +283,13 @@ def train_model(
         "recipe_kwargs": _recipe_kwargs(settings),
         "config": json.loads(json.dumps(settings)),
     }
+    branch_seconds = 0.0
     if checkpoint is not None and Path(checkpoint).is_file():
         _check_resumable(settings, checkpoint)
     elif settings.get("protocol") == "warm_start":
         if checkpoint is None:
             raise ValueError("a warm_start run needs a checkpoint file to branch into")
-        _branch(settings, Path(checkpoint), record, branch_sources, progress, device)
+        branch_seconds = _branch(settings, Path(checkpoint), record, branch_sources, progress, device)
     model = build_model(settings["backbone"], kwargs, settings.get("recipe"), record["recipe_kwargs"], seed=settings["seed"])
     dataset = training_set(settings["data"])
     sampler = PatchSampler(dataset, train["patch_size"], train["batch_size"], augment=train["augment"])
@@ -313,6 +316,7 @@ def train_model(
         progress=progress,
         snapshots=snapshots,
     )
+    result.spent_seconds += branch_seconds
     return model, result
 
 
@@ -466,6 +470,7 @@ def execute(
         "loss": loss_name(train["loss"], paired=isinstance(settings["data"]["train"], Mapping)),
         "final_loss": result.final_loss,
         "train_seconds": result.train_seconds,
+        "train_seconds_spent": result.spent_seconds,
         "eval_seconds": eval_seconds,
         "train_threads": torch.get_num_threads(),
         **metrics,

@@ -221,7 +221,8 @@ class TrainResult:
     """What :func:`fit` reports: steps done, seconds spent (over all resumptions), the last loss.
 
     ``resumed_from`` is the step the run resumed at (0 for a fresh run); ``losses`` are the losses of the
-    steps run in this call.
+    steps run in this call and ``spent_seconds`` their time (``train_seconds`` also counts the steps of
+    the checkpoint it resumed from, which may come from another run).
 
     >>> TrainResult(iterations=5, train_seconds=1.5, final_loss=0.01).resumed_from
     0
@@ -232,6 +233,7 @@ class TrainResult:
     final_loss: float
     resumed_from: int = 0
     losses: list[float] = field(default_factory=list)
+    spent_seconds: float = 0.0
 
 
 def _show_progress(progress: bool | None, rank: int) -> bool:
@@ -294,7 +296,7 @@ def fit(
         model.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
-    start, seconds, last_loss = 0, 0.0, math.nan
+    start, seconds, spent, last_loss = 0, 0.0, 0.0, math.nan
     if checkpoint is not None and Path(checkpoint).is_file():
         state = load_checkpoint(checkpoint)
         if int(state["iteration"]) > settings.iterations:
@@ -352,7 +354,9 @@ def fit(
         if not math.isfinite(last_loss):
             raise ValueError(f"the training loss became {last_loss} at iteration {iteration}; lower train.lr")
         losses.append(last_loss)
-        seconds += time.perf_counter() - tic
+        step_seconds = time.perf_counter() - tic
+        seconds += step_seconds
+        spent += step_seconds
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.4g}", lr=f"{scheduler.get_last_lr()[0]:.3g}", refresh=False)
         if iteration % settings.checkpoint_every == 0 or iteration == settings.iterations:
@@ -365,7 +369,7 @@ def fit(
     if world > 1:
         torch.distributed.barrier()
     model.eval()
-    return TrainResult(settings.iterations, seconds, last_loss, start, losses)
+    return TrainResult(settings.iterations, seconds, last_loss, start, losses, spent)
 
 
 def carry_optimizer_state(

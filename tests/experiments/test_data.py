@@ -160,7 +160,7 @@ def test_builtin_needs_no_download(monkeypatch):
     package_files = {"astronaut": "astronaut.png", "chelsea": "chelsea.png", "coffee": "coffee.png",
                      "rocket": "rocket.jpg", "hubble_deep_field": "hubble_deep_field.jpg",
                      "immunohistochemistry": "ihc.png", "retina": "retina.jpg",
-                     "motorcycle_left": "motorcycle_left.png"}
+                     "motorcycle_left": "motorcycle_left.png", "motorcycle_right": "motorcycle_right.png"}
     data_dir = Path(skimage.data.__file__).parent
     assert sorted(package_files) == sorted(BUILTIN_SPLITS["train"] + BUILTIN_SPLITS["test"])
     assert all((data_dir / f).is_file() for f in package_files.values())
@@ -176,6 +176,8 @@ def test_builtin_needs_no_download(monkeypatch):
     shapes = {n: tuple(x.shape) for ds in (test, train) for n, x in zip(ds.names, ds)}
     assert shapes["astronaut"] == (3, 512, 512) and shapes["coffee"] == (3, 400, 600)
     assert shapes["retina"] == (3, 1411, 1411) and shapes["motorcycle_left"] == (3, 500, 741)
+    assert shapes["rocket"] == (3, 427, 640) and shapes["motorcycle_right"] == (3, 500, 741)
+    assert not torch.equal(test[3], train[0]) and test.names[3] == "rocket"
     for ds in (test, train):
         for x in ds:
             assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
