@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one go, for a machine with CUDA (CI has none):
-#   1. the CUDA tests: tests/dynfilter/test_cuda.py and the CUDA cases of test_lean.py and test_surgery.py;
+#   1. the CUDA tests: tests/dynfilter/test_cuda.py and the CUDA cases of test_dynamic_filter_backends.py and test_surgery.py;
 #   2. the benchmark on the GPU: dynfilter bench --suite $GPU_CHECK_SUITES --device cuda
 #      (default: dynamic adfnet deform model).
 # Runs from a source checkout with the python3 that holds torch (the package need not be installed).
@@ -16,7 +16,7 @@ status=0
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 } 2>&1 | tee "$out/environment.txt"
 timeout "${GPU_CHECK_TEST_S:-240}" python3 -m pytest -o addopts="" -q -p no:cacheprovider -rs \
-  tests/dynfilter/test_cuda.py tests/dynfilter/test_lean.py tests/dynfilter/test_surgery.py -k cuda 2>&1 | tee "$out/tests.txt" || status=1
+  tests/dynfilter/test_cuda.py tests/dynfilter/test_dynamic_filter_backends.py tests/dynfilter/test_surgery.py -k cuda 2>&1 | tee "$out/tests.txt" || status=1
 # shellcheck disable=SC2086  # the suites are words
 timeout "${GPU_CHECK_BENCH_S:-300}" python3 -m experiments.cli bench --suite ${GPU_CHECK_SUITES:-dynamic adfnet deform model} --device cuda --repeat 5 \
   --out "$out/bench" 2>&1 | tee "$out/bench.txt" || status=1

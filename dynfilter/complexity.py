@@ -44,29 +44,25 @@ def _shape(value: Any) -> list[int] | None:
 
 def _dynamic_filter_macs(inputs: list, outputs: list) -> Counter:
     """``dynfilter::dynamic_filter(x, kernels, kernel_size, dilation)``: ``B·C·H·W·k²``."""
-    from ._ops import dynamic_filter_macs
+    from .ops.dynamic_filter import dynamic_filter_macs
 
     return Counter({"dynamic_filter": dynamic_filter_macs(_shape(inputs[0]), inputs[2].toIValue())})
 
 
 def _deform_conv_macs(weight_index: int, offset_index: int) -> Callable[[list, list], Counter]:
     def handle(inputs: list, outputs: list) -> Counter:
-        from ._deform import deform_conv_macs
+        from .ops.deform_conv import deform_conv_macs
 
-        b, c_in = _shape(inputs[0])[:2]
+        b = _shape(inputs[0])[0]
         weight = _shape(inputs[weight_index])
         offset = _shape(inputs[offset_index])
         h_out, w_out = _shape(outputs[0])[2:]
-        taps = weight[2] * weight[3]
         # A mask is used when some other tensor input has one channel per (offset group, tap).
         mask_shape = [b, offset[1] // 2, h_out, w_out]
         masked = any(
             _shape(v) == mask_shape for i, v in enumerate(inputs) if i not in (0, weight_index, offset_index)
         )
-        return Counter({
-            "deform_conv": deform_conv_macs([b, c_in], weight, (h_out, w_out)),
-            "deform_sampling": b * h_out * w_out * c_in * taps * (4 + int(masked)),
-        })
+        return Counter(deform_conv_macs(_shape(inputs[0]), weight, (h_out, w_out), masked))
 
     return handle
 

@@ -1,7 +1,8 @@
 """Functional ops of dynfilter: per-pixel dynamic filtering and modulated deformable convolution.
 
 The modules in :mod:`dynfilter.layers` hold parameters and call these functions, as
-``torchvision.ops.DeformConv2d`` calls ``deform_conv2d``.
+``torchvision.ops.DeformConv2d`` calls ``deform_conv2d``. This is the public face of :mod:`dynfilter.ops`:
+it validates the arguments and picks the implementation (``impl=``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import torchvision
 
 from torch import nn
 
-from ._deform import modulated_deform_conv2d_op
-from ._ops import dynamic_filter_op
-from ._reference import dynamic_filter_unfold
+from .ops.deform_conv import modulated_deform_conv2d_op
+from .ops.dynamic_filter import dynamic_filter_op
+from .ops.dynamic_filter_unfold import dynamic_filter_unfold
 
 __all__ = [
     "dynamic_filter",
@@ -286,7 +287,7 @@ def modulated_deform_conv2d(
         impl (str): ``"auto"`` (``"lean"``; ``"torchvision"`` on CUDA, where its kernel is faster) or one
             of :func:`modulated_deform_conv2d_impls`:
             ``"torchvision"`` is the reference; ``"lean"`` samples with ``grid_sample`` and multiplies
-            in chunks of at most :data:`dynfilter._deform.COLUMNS_BUDGET_BYTES` of columns. They agree
+            in chunks of at most :data:`dynfilter.ops.deform_conv.COLUMNS_BUDGET_BYTES` of columns. They agree
             to float rounding of the sampling positions (see ``docs/performance.md``).
 
     Returns:

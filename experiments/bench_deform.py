@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import dynfilter
-from dynfilter import _deform
+from dynfilter import ops
 
 from .benchmark import BenchConfig, Section, peak_memory, rounds_note, targets_section, time_callables
 
@@ -121,7 +121,7 @@ def deform_suite(config: BenchConfig) -> list[Section]:
         inputs = trained = None  # free before the next scale
     note = (
         f"{rounds_note(config.repeat, config.settle).capitalize()}; {_GROUPS} offset groups, 3×3, offsets ~N(0, 1) px. "
-        f"Lean column budget {_deform.COLUMNS_BUDGET_BYTES / _MIB:g} MiB per chunk; peak memory is above the inputs."
+        f"Lean deformable conv: {ops.status()['deform_conv.lean']}; peak memory is above the inputs."
     )
     return [Section("Modulated deformable conv: time per call", rows, note=note), targets_section(rows, _DEFORM_TARGETS)]
 

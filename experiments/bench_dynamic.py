@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 import dynfilter
-from dynfilter import _native, _triton
+from dynfilter import ops
 
 from .benchmark import BenchConfig, Section, copy_bandwidth, peak_memory, streaming_bound, rounds_note, targets_section, time_callables
 
@@ -35,9 +35,8 @@ _DYNAMIC_TARGETS = (
 
 
 def _kernels_in_use(device: str) -> str:
-    if torch.device(device).type == "cpu":
-        return f"native C++, {_native.status()}"
-    return "Triton" if _triton.available() else "none, eager taps (Triton not installed)"
+    backend = "native" if torch.device(device).type == "cpu" else "triton"
+    return f"{backend}: {ops.status()[f'dynamic_filter.{backend}']}"
 
 
 def _static_depthwise(channels: int, dilation: int, device: str) -> torch.nn.Conv2d:

@@ -103,7 +103,7 @@ def test_torchvision_deform_conv_without_mask():
 
 
 def test_lean_deform_op_is_counted():
-    pytest.importorskip("dynfilter._deform")
+    pytest.importorskip("dynfilter.ops.deform_conv")
     if not hasattr(torch.ops.dynfilter, "modulated_deform_conv2d"):
         pytest.skip("dynfilter::modulated_deform_conv2d is not registered")
 

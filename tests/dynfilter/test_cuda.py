@@ -13,11 +13,12 @@ import pytest
 import torch
 
 import dynfilter
-from dynfilter import _triton, modulated_deform_conv2d, set_impls
+from dynfilter import modulated_deform_conv2d, set_impls
+from dynfilter.ops import dynamic_filter_triton as _triton
 from dynfilter.functional import REFERENCE_IMPLS, dynamic_filter
 from experiments.benchmark import peak_memory
 
-from .test_deform import MODEL_TOL, TOL, _randomise_offsets, assert_close_scaled, check_parity, make_case
+from .test_deform_conv import MODEL_TOL, TOL, _randomise_offsets, assert_close_scaled, check_parity, make_case
 
 DEVICE = os.environ.get("DYNFILTER_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import dynfilter
-from dynfilter import _lean, _native
-from dynfilter._reference import dynamic_filter_unfold
+from dynfilter.ops import dynamic_filter as _lean
+from dynfilter.ops import dynamic_filter_eager as _eager
+from dynfilter.ops import dynamic_filter_native as _native
+from dynfilter.ops.dynamic_filter_unfold import dynamic_filter_unfold
 from dynfilter.layers._pointwise import pointwise_conv
 from dynfilter.functional import dynamic_filter
 from experiments.benchmark import peak_memory
@@ -78,7 +80,7 @@ def test_blocks_cover_every_row_and_plane(monkeypatch):
         _lean.filter_grad_kernels(grad, x, 3, 2),
     )
     for block in (40, 100, 500):  # under one row, some rows, several planes
-        monkeypatch.setattr(_lean, "BLOCK_ELEMENTS", block)
+        monkeypatch.setattr(_eager, "BLOCK_ELEMENTS", block)
         with _native.disabled():
             got = (
                 _lean.filter_forward(x, kernels, 3, 2),

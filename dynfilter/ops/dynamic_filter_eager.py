@@ -1,50 +1,34 @@
-"""Lean per-pixel dynamic filtering: accumulate over the k² shifted views, never unfold.
+"""The eager backend of the dynamic filter: accumulate over the k² shifted views in torch ops, never unfold.
 
-The published formulation (:mod:`dynfilter._reference`) builds a ``(B, C·k², H, W)`` patch tensor,
+The published formulation (:mod:`.dynamic_filter_unfold`) builds a ``(B, C·k², H, W)`` patch tensor,
 multiplies it by the kernels and sums. Here each output is built tap by tap,
 ``out += shift_t(x) · K_t``, by in-place multiply-adds on views of the unpadded input: a tap only
 touches the rectangle where its shifted pixel lies inside the image, which *is* the zero padding,
 so no padded copy, no patch tensor and no temporary of the kernels' size is ever made.
 
-Three functions cover forward and every derivative (they are linear in each argument, so the
-derivatives of each are again these functions; see :mod:`dynfilter._ops`):
-
-* :func:`filter_forward`         ``out[p]   = Σ_t x[p + s_t] · K_t[p]``
-* :func:`filter_grad_input`      ``gx[p]    = Σ_t g[p − s_t] · K_t[p − s_t]``  (the adjoint in ``x``)
-* :func:`filter_grad_kernels`    ``gK_t[p]  = g[p] · x[p + s_t]``               (the adjoint in ``K``)
-
-with ``s_t = ((i − r)·d, (j − r)·d)`` for tap ``t = i·k + j`` and ``r = (k − 1)/2``.
-
-Paths, chosen per call:
-
-* **native** (CPU; float32, float64, bfloat16 of one dtype): fused C++ loops from
-  :mod:`dynfilter._native`, where a C++ compiler exists. One pass per row block: the kernels are
-  read (or their gradient written) once, front to back, while the accumulator stays in cache.
-* **triton** (CUDA; one floating dtype, where Triton imports): one kernel launch per call from
-  :mod:`dynfilter._triton`, each output read-modify-written once instead of k² times.
-* **eager** (everything else, and the fallback): the same blocking in torch ops. On CPU the work is
-  cut into blocks of rows (and planes) small enough that the accumulator stays in L2 while the k²
-  kernel maps stream past it; on other devices each tap runs on the whole tensor (k² launches).
-
-Low-precision inputs (bfloat16, float16) accumulate in float32 and round once per output.
+It serves every device and dtype, and is what runs where no compiled backend does
+(:mod:`.dynamic_filter_native` on CPU, :mod:`.dynamic_filter_triton` on CUDA). On CPU the work is cut
+into blocks of rows (and planes) small enough that the accumulator stays in L2 while the k² kernel maps
+stream past it; on other devices each tap runs on the whole tensor (k² launches). Low-precision inputs
+(bfloat16, float16) accumulate in float32 and round once per output.
 
 Fresh outputs of 32 MiB or more are advised to use transparent huge pages before first touch
-(Linux): faulting in 4 KiB pages costs more than the filtering itself at these sizes (about 0.4 s
-per GB on one core here, against 0.05 s with 2 MiB pages). ``DYNFILTER_HUGEPAGES=0`` turns this off.
+(:func:`empty_output`, Linux): faulting in 4 KiB pages costs more than the filtering itself at these
+sizes (about 0.4 s per GB on one core here, against 0.05 s with 2 MiB pages). ``DYNFILTER_HUGEPAGES=0``
+turns this off.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
-from . import _native, _triton
+from .backend import KernelFn, switched_on
 
-__all__ = ["filter_forward", "filter_grad_input", "filter_grad_kernels", "tap_offsets", "empty_output", "BLOCK_ELEMENTS"]
+__all__ = ["kernel", "status", "tap_offsets", "empty_output", "BLOCK_ELEMENTS"]
 
 # Elements per CPU block: the accumulator and the input block (about 2 × 4 × 131,072 bytes = 1 MiB
 # in float32, half per thread) fit a 1–2 MiB L2 with room to stream the kernel rows past them.
@@ -74,7 +58,7 @@ def empty_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
         _libc is not None
         and out.device.type == "cpu"
         and nbytes >= _HUGE_PAGE_MIN_BYTES
-        and os.environ.get("DYNFILTER_HUGEPAGES", "1") != "0"
+        and switched_on("DYNFILTER_HUGEPAGES")
     ):
         start = -(-out.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
         stop = (out.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
@@ -178,77 +162,24 @@ def _products(out: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, kernel_siz
             block[:, y0 - r0 : y1 - r0, x1:].zero_()
 
 
-def _compute(
-    kind: str,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    shape: tuple[int, ...],
-    kernel_size: int,
-    dilation: int,
-    fallback: Callable[[torch.Tensor], None],
-) -> torch.Tensor:
-    """A fresh ``shape`` output in the promoted dtype of ``a`` and ``b``, filled by the compiled ``kind``
-    kernel (native C++ on CPU, Triton on CUDA) where one serves these inputs, else by ``fallback(out)``."""
-    out = empty_output(shape, torch.promote_types(a.dtype, b.dtype), a.device)
-    if out.numel():
-        native = (_native if a.device.type == "cpu" else _triton).kernel(kind, a, b, kernel_size)
-        if native is not None:
-            native(a, b, out, kernel_size, dilation)
-        else:
-            fallback(out)
-    return out
+def kernel(op: str, a: torch.Tensor, b: torch.Tensor, kernel_size: int) -> KernelFn:
+    """The eager kernel for ``op`` (see :mod:`.backend`); it serves any operands.
 
+    With ``s_t`` the offset of tap ``t`` (:func:`tap_offsets`):
 
-def filter_forward(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
-    """``out[p] = Σ_t x[p + s_t] · K_t[p]``: the dynamic filter itself; inputs are assumed validated.
-
-    Args:
-        x (Tensor[B, C, H, W]): the features.
-        kernels (Tensor[B, C·k², H, W]): channel-major, row-major taps.
-        kernel_size (int): ``k``, odd.
-        dilation (int): ``d``.
-
-    Returns:
-        Tensor[B, C, H, W] in the promoted dtype of ``x`` and ``kernels``.
+    * ``forward``       ``out[p]  = Σ_t x[p + s_t] · K_t[p]``
+    * ``grad_input``    ``gx[p]   = Σ_t g[p − s_t] · K_t[p − s_t]``  (the adjoint in ``x``)
+    * ``grad_kernels``  ``gK_t[p] = g[p] · x[p + s_t]``               (the adjoint in ``K``)
     """
-    return _compute(
-        "forward", x, kernels, tuple(x.shape), kernel_size, dilation,
-        lambda out: _accumulate(out, x, kernels, kernel_size, dilation, sign=1, shift_kernels=False),
-    )
+    if op == "forward":
+        return lambda a, b, out, k, d: _accumulate(out, a, b, k, d, sign=1, shift_kernels=False)
+    if op == "grad_input":
+        return lambda a, b, out, k, d: _accumulate(out, a, b, k, d, sign=-1, shift_kernels=True)
+    if op == "grad_kernels":
+        return lambda a, b, out, k, d: _products(out, a, b, k, d)
+    raise ValueError(f"unknown dynamic-filter op {op!r}")
 
 
-def filter_grad_input(grad: torch.Tensor, kernels: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
-    """``gx[p] = Σ_t g[p − s_t] · K_t[p − s_t]``: the adjoint of :func:`filter_forward` in ``x``.
-
-    Args:
-        grad (Tensor[B, C, H, W]): gradient of the filter's output.
-        kernels (Tensor[B, C·k², H, W]): the kernels the forward used.
-        kernel_size (int): ``k``.
-        dilation (int): ``d``.
-
-    Returns:
-        Tensor[B, C, H, W] in the promoted dtype of ``grad`` and ``kernels``.
-    """
-    return _compute(
-        "grad_input", grad, kernels, tuple(grad.shape), kernel_size, dilation,
-        lambda out: _accumulate(out, grad, kernels, kernel_size, dilation, sign=-1, shift_kernels=True),
-    )
-
-
-def filter_grad_kernels(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
-    """``gK_t[p] = g[p] · x[p + s_t]`` (zero where ``p + s_t`` is outside): the adjoint in the kernels.
-
-    Args:
-        grad (Tensor[B, C, H, W]): gradient of the filter's output.
-        x (Tensor[B, C, H, W]): the input the forward filtered.
-        kernel_size (int): ``k``.
-        dilation (int): ``d``.
-
-    Returns:
-        Tensor[B, C·k², H, W] in the promoted dtype of ``grad`` and ``x``; written once, no temporaries.
-    """
-    b, c, h, w = x.shape
-    return _compute(
-        "grad_kernels", grad, x, (b, c * kernel_size * kernel_size, h, w), kernel_size, dilation,
-        lambda out: _products(out, grad, x, kernel_size, dilation),
-    )
+def status() -> str:
+    """The eager backend is always available."""
+    return "available (torch ops; the fallback)"

@@ -7,8 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import dynfilter
-from dynfilter import _ops
-from dynfilter._reference import dynamic_filter_unfold
+from dynfilter.ops import dynamic_filter as _ops
+from dynfilter.ops.dynamic_filter_unfold import dynamic_filter_unfold
 from dynfilter.functional import dynamic_filter
 
 OPS = {

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 import dynfilter
-from dynfilter import _deform, modulated_deform_conv2d, set_impls
+from dynfilter import modulated_deform_conv2d, set_impls
+from dynfilter.ops import deform_conv as _deform
 from dynfilter.functional import REFERENCE_IMPLS, modulated_deform_conv2d_impls
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
@@ -224,12 +225,28 @@ def test_opcheck():
     )
 
 
-def test_flop_counter_sees_one_op_with_the_conv_cost():
+def test_flop_counter_sees_one_op_with_the_complexity_convention():
+    from dynfilter.complexity import profile
+
     inputs, conv_args = make_case(2, 8, 5, 6, 4, 2, 2, 1.5, torch.float32)
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
         modulated_deform_conv2d(*inputs[:4], mask=inputs[4], **conv_args)
-    # Counted as a grouped conv: 2 · B·Cout·Ho·Wo·(Cin/groups)·k².
-    assert counter.get_total_flops() == 2 * (2 * 4 * 5 * 6 * 4 * 9)
+    # Hand count, docs/complexity.md: the grouped conv B·Cout·Ho·Wo·(Cin/groups)·k² plus the modulated
+    # bilinear sampling B·Cin·k²·Ho·Wo·(4 + 1), 2 FLOPs per multiply-add.
+    conv, sampling = 2 * 4 * 5 * 6 * 4 * 9, 2 * 8 * 9 * 5 * 6 * 5
+    assert counter.get_total_flops() == 2 * (conv + sampling)
+    # dynfilter.complexity counts the same multiply-adds (one convention for both counters).
+
+    class Call(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for name, t in zip(("offset", "weight", "bias", "mask"), inputs[1:5]):
+                self.register_buffer(name, t)
+
+        def forward(self, x):
+            return modulated_deform_conv2d(x, self.offset, self.weight, self.bias, mask=self.mask, **conv_args)
+
+    assert profile(Call(), tuple(inputs[0].shape)).macs == conv + sampling
 
 
 def test_low_precision_and_non_contiguous_inputs():

@@ -1,4 +1,4 @@
-"""Reference (published) formulation of per-pixel dynamic filtering: unfold, multiply, sum.
+"""The reference (published) formulation of per-pixel dynamic filtering: unfold, multiply, sum.
 
 This is what the ADFNet code computes (spec §3). It materialises a tensor k² times the size of the
 input, so it is slow and memory hungry; it is kept as the ground truth the fast paths are tested

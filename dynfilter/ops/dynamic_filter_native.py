@@ -1,4 +1,4 @@
-"""Optional native CPU kernels for the lean dynamic filter, compiled on first use where a compiler exists.
+"""The native CPU backend of the dynamic filter: C++ loops compiled on first use where a compiler exists.
 
 ``csrc/dynamic_filter.cpp`` is plain C++ with a C ABI (no torch headers), so one ``c++ -O3 -fopenmp``
 call builds it in about a second; the library is cached on disk, keyed by the source, the compiler
@@ -12,7 +12,10 @@ Policy (see :func:`kernel`):
   least :data:`BUILD_THRESHOLD` multiply-adds, so the first call of a small model never waits for
   a compiler;
 * no compiler, a failed build (warned once) or ``DYNFILTER_NATIVE=0`` mean the eager
-  shifted-view implementation in :mod:`dynfilter._lean` runs instead -- same results to rounding.
+  backend (:mod:`.dynamic_filter_eager`) runs instead -- same results to rounding.
+
+One pass per row block: the kernels are read (or their gradient written) once, front to back, while the
+accumulator stays in cache.
 
 Environment: ``DYNFILTER_NATIVE=0`` disables the native path, ``DYNFILTER_CACHE_DIR`` moves the cache
 (default ``$XDG_CACHE_HOME/dynfilter`` or ``~/.cache/dynfilter``), ``CXX`` picks the compiler.
@@ -31,9 +34,11 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
+
+from .backend import OPS, KernelFn, switched_on
 
 __all__ = ["kernel", "status", "disabled", "BUILD_THRESHOLD", "PARALLEL_THRESHOLD", "SOURCE"]
 
@@ -44,7 +49,6 @@ BUILD_THRESHOLD = 1 << 20
 PARALLEL_THRESHOLD = 1 << 17
 _ABI_VERSION = 1
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
-_OPS = ("forward", "grad_input", "grad_kernels")
 # Flag sets tried in order: the first that compiles wins (a compiler may lack OpenMP or -march=native).
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
@@ -66,16 +70,15 @@ class _State:
 
 _state = _State()
 _disabled_depth = 0
-NativeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int], None]
 
 
 def _enabled() -> bool:
-    return _disabled_depth == 0 and os.environ.get("DYNFILTER_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return _disabled_depth == 0 and switched_on("DYNFILTER_NATIVE")
 
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Within the block the lean op uses its eager shifted-view kernels (for tests and benchmarks)."""
+    """Within the block the dynamic filter uses the eager backend on CPU (for tests and benchmarks)."""
     global _disabled_depth
     _disabled_depth += 1
     try:
@@ -135,7 +138,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     if lib.dynfilter_abi_version() != _ABI_VERSION:
         raise RuntimeError(f"{path} has ABI {lib.dynfilter_abi_version()}, expected {_ABI_VERSION}")
-    for op in _OPS:
+    for op in OPS:
         for suffix in _DTYPES.values():
             fn = getattr(lib, f"dynfilter_{op}_{suffix}")
             fn.restype = None
@@ -176,11 +179,11 @@ def _library(build: bool) -> ctypes.CDLL | None:
 def status() -> str:
     """Why the native path is or is not in use, e.g. ``"loaded /root/.cache/dynfilter/….so"``."""
     if not _enabled():
-        return "disabled (DYNFILTER_NATIVE=0 or dynfilter._native.disabled())"
+        return "disabled (DYNFILTER_NATIVE=0 or dynfilter.ops.dynamic_filter_native.disabled())"
     return _state.reason
 
 
-def kernel(op: str, a: torch.Tensor, b: torch.Tensor, kernel_size: int) -> NativeFn | None:
+def kernel(op: str, a: torch.Tensor, b: torch.Tensor, kernel_size: int) -> KernelFn | None:
     """The native kernel for ``op`` on operands ``a`` and ``b``, or ``None`` where eager must run.
 
     Args:

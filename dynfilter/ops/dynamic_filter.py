@@ -1,4 +1,4 @@
-"""``torch.library`` registration of the lean dynamic filter as real ops, with fake kernels and autograd.
+"""The dynamic filter as registered ops, and the dispatcher that picks a backend for each call.
 
 Three ops, so that ``torch.compile``, ``torch.export``, FX/JIT tracing and FLOP counters see one node
 with a known cost instead of the k² element-wise ops inside:
@@ -11,6 +11,10 @@ Each is bilinear, and the derivatives of each are again these three ops (see the
 functions), so gradients of any order work. Each costs ``k²·B·C·H·W`` multiply-adds, registered with
 :mod:`torch.utils.flop_counter` as twice that many FLOPs, its convention for multiply-adds.
 
+Each op computes into a fresh output with the first backend that serves its operands (see
+:mod:`.backend`): :mod:`.dynamic_filter_native` for CPU tensors, :mod:`.dynamic_filter_triton` for CUDA
+ones, else :mod:`.dynamic_filter_eager`. All agree to float rounding.
+
 Inputs are validated by :func:`dynfilter.functional.dynamic_filter`, not here.
 """
 
@@ -19,9 +23,78 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from . import _lean
+from . import dynamic_filter_eager, dynamic_filter_native, dynamic_filter_triton
+from .backend import Backend
 
-__all__ = ["dynamic_filter_op", "dynamic_filter_grad_input_op", "dynamic_filter_grad_kernels_op", "dynamic_filter_macs"]
+__all__ = [
+    "filter_forward",
+    "filter_grad_input",
+    "filter_grad_kernels",
+    "backend_for",
+    "dynamic_filter_op",
+    "dynamic_filter_grad_input_op",
+    "dynamic_filter_grad_kernels_op",
+    "dynamic_filter_macs",
+]
+
+# The compiled backend tried first on each device type; the eager one serves the rest.
+_COMPILED: dict[str, Backend] = {"cpu": dynamic_filter_native, "cuda": dynamic_filter_triton}
+
+
+def backend_for(op: str, a: torch.Tensor, b: torch.Tensor, kernel_size: int) -> str:
+    """The name of the backend that computes ``op`` on these operands: ``native``, ``triton`` or ``eager``.
+
+    >>> backend_for("forward", torch.zeros(1, 1, 2, 2, dtype=torch.float16), torch.zeros(1, 9, 2, 2), 3)
+    'eager'
+    """
+    compiled = _COMPILED.get(a.device.type)
+    if compiled is not None and compiled.kernel(op, a, b, kernel_size) is not None:
+        return compiled.__name__.rsplit("_", 1)[-1]
+    return "eager"
+
+
+def _compute(op: str, a: torch.Tensor, b: torch.Tensor, shape: tuple[int, ...], kernel_size: int, dilation: int) -> torch.Tensor:
+    """A fresh ``shape`` output in the promoted dtype of ``a`` and ``b``, filled by the first backend that serves them."""
+    out = dynamic_filter_eager.empty_output(shape, torch.promote_types(a.dtype, b.dtype), a.device)
+    if out.numel():
+        compiled = _COMPILED.get(a.device.type)
+        fn = compiled.kernel(op, a, b, kernel_size) if compiled is not None else None
+        (fn or dynamic_filter_eager.kernel(op, a, b, kernel_size))(a, b, out, kernel_size, dilation)
+    return out
+
+
+def filter_forward(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
+    """``out[p] = Σ_t x[p + s_t] · K_t[p]``: the dynamic filter itself; inputs are assumed validated.
+
+    Args:
+        x (Tensor[B, C, H, W]): the features.
+        kernels (Tensor[B, C·k², H, W]): channel-major, row-major taps.
+        kernel_size (int): ``k``, odd.
+        dilation (int): ``d``.
+
+    Returns:
+        Tensor[B, C, H, W] in the promoted dtype of ``x`` and ``kernels``.
+    """
+    return _compute("forward", x, kernels, tuple(x.shape), kernel_size, dilation)
+
+
+def filter_grad_input(grad: torch.Tensor, kernels: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
+    """``gx[p] = Σ_t g[p − s_t] · K_t[p − s_t]``: the adjoint of :func:`filter_forward` in ``x``.
+
+    Returns:
+        Tensor[B, C, H, W] in the promoted dtype of ``grad`` and ``kernels``.
+    """
+    return _compute("grad_input", grad, kernels, tuple(grad.shape), kernel_size, dilation)
+
+
+def filter_grad_kernels(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
+    """``gK_t[p] = g[p] · x[p + s_t]`` (zero where ``p + s_t`` is outside): the adjoint in the kernels.
+
+    Returns:
+        Tensor[B, C·k², H, W] in the promoted dtype of ``grad`` and ``x``; written once, no temporaries.
+    """
+    b, c, h, w = x.shape
+    return _compute("grad_kernels", grad, x, (b, c * kernel_size * kernel_size, h, w), kernel_size, dilation)
 
 
 def dynamic_filter_macs(x_shape: tuple[int, ...] | torch.Size, kernel_size: int) -> int:
@@ -37,7 +110,7 @@ def dynamic_filter_macs(x_shape: tuple[int, ...] | torch.Size, kernel_size: int)
 )
 def dynamic_filter_op(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
     """``out[p] = Σ_t x[p + s_t] · kernels_t[p]``; see :func:`dynfilter.functional.dynamic_filter`."""
-    return _lean.filter_forward(x, kernels, kernel_size, dilation)
+    return filter_forward(x, kernels, kernel_size, dilation)
 
 
 @torch.library.custom_op(
@@ -46,8 +119,8 @@ def dynamic_filter_op(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, 
     schema="(Tensor grad, Tensor kernels, int kernel_size, int dilation) -> Tensor",
 )
 def dynamic_filter_grad_input_op(grad: torch.Tensor, kernels: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
-    """Gradient of the dynamic filter in its input; see :func:`dynfilter._lean.filter_grad_input`."""
-    return _lean.filter_grad_input(grad, kernels, kernel_size, dilation)
+    """Gradient of the dynamic filter in its input; see :func:`filter_grad_input`."""
+    return filter_grad_input(grad, kernels, kernel_size, dilation)
 
 
 @torch.library.custom_op(
@@ -56,8 +129,8 @@ def dynamic_filter_grad_input_op(grad: torch.Tensor, kernels: torch.Tensor, kern
     schema="(Tensor grad, Tensor x, int kernel_size, int dilation) -> Tensor",
 )
 def dynamic_filter_grad_kernels_op(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, dilation: int) -> torch.Tensor:
-    """Gradient of the dynamic filter in its kernels; see :func:`dynfilter._lean.filter_grad_kernels`."""
-    return _lean.filter_grad_kernels(grad, x, kernel_size, dilation)
+    """Gradient of the dynamic filter in its kernels; see :func:`filter_grad_kernels`."""
+    return filter_grad_kernels(grad, x, kernel_size, dilation)
 
 
 @dynamic_filter_op.register_fake

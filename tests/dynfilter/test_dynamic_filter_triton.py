@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECK = textwrap.dedent(
     """
     import torch
-    from dynfilter import _triton
+    from dynfilter.ops import dynamic_filter_triton as _triton
     from tests.dynfilter.naive import dynamic_filter_loop
 
     torch.manual_seed(0)
@@ -61,7 +61,7 @@ def test_triton_kernels_match_the_naive_loop_in_the_interpreter():
 def test_triton_is_not_used_for_cpu_tensors_without_the_interpreter():
     import torch
 
-    from dynfilter import _triton
+    from dynfilter.ops import dynamic_filter_triton as _triton
 
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the interpreter is on in this process")

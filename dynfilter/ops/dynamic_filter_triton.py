@@ -1,4 +1,4 @@
-"""Triton kernels of the lean dynamic filter for CUDA tensors: one pass per output, no k² launches.
+"""The Triton backend of the dynamic filter for CUDA tensors: one pass per output, no k² launches.
 
 The eager path on a GPU runs one element-wise kernel per tap, each reading and writing the whole
 accumulator: about 3k² + 2 tensor passes where 11 suffice (read ``x`` and the k² kernel maps, write
@@ -7,14 +7,14 @@ k² kernel values once (coalesced, tap after tap), gathers the shifted input val
 programs share them through the cache) and writes each output once. Accumulation is in float32
 (float64 for float64 inputs), as on the CPU.
 
-The same three functions as :mod:`dynfilter._lean` (``s_t`` is tap ``t``'s offset):
+The same three functions as the other backends (``s_t`` is tap ``t``'s offset):
 
 * ``forward``       ``out[p]  = Σ_t x[p + s_t] · K_t[p]``
 * ``grad_input``    ``gx[p]   = Σ_t g[p − s_t] · K_t[p − s_t]``
 * ``grad_kernels``  ``gK_t[p] = g[p] · x[p + s_t]``
 
 :func:`kernel` returns one of them for CUDA operands of one floating dtype where Triton imports,
-else ``None`` (the eager path runs). ``DYNFILTER_TRITON=0`` disables them. ``TRITON_INTERPRET=1``
+else ``None`` (the eager backend runs). ``DYNFILTER_TRITON=0`` disables them. ``TRITON_INTERPRET=1``
 runs them on CPU tensors through Triton's interpreter (the CPU test suite does, in a subprocess).
 """
 
@@ -23,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from typing import Callable
 
 import torch
 
-__all__ = ["kernel", "available", "BLOCK"]
+from .backend import KernelFn, switched_on
+
+__all__ = ["kernel", "available", "status", "BLOCK"]
 
 BLOCK = 256  # pixels per program: 8 warps' worth of float32 lanes, and small planes waste little
 
@@ -36,12 +37,20 @@ BLOCK = 256  # pixels per program: 8 warps' worth of float32 lanes, and small pl
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-KernelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int], None]
 
 
 def available() -> bool:
     """Whether Triton imported and the kernels are enabled (``DYNFILTER_TRITON`` is not ``0``)."""
-    return _HAS_TRITON and os.environ.get("DYNFILTER_TRITON", "1").strip().lower() not in ("0", "false", "no", "off")
+    return _HAS_TRITON and switched_on("DYNFILTER_TRITON")
+
+
+def status() -> str:
+    """Whether CUDA tensors get the Triton kernels, and why not."""
+    if not _HAS_TRITON:
+        return "unavailable (Triton is not installed; CUDA uses the eager backend)"
+    if not available():
+        return "disabled (DYNFILTER_TRITON=0)"
+    return "available (CUDA tensors of one floating dtype)" + (", interpreter on CPU" if _INTERPRET else "")
 
 
 def _blocks(height: int, width: int) -> int:
@@ -70,7 +79,7 @@ def kernel(op: str, a: torch.Tensor, b: torch.Tensor, kernel_size: int) -> Kerne
     def run(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, kernel_size: int, dilation: int) -> None:
         bsz, c, h, w = a.shape
         a, b = a.contiguous(), b.contiguous()
-        from . import _triton_kernels as tk
+        from . import dynamic_filter_triton_kernels as tk
 
         grid = (bsz * c, _blocks(h, w))
         acc = tk.accumulator_dtype(a.dtype)

@@ -1,4 +1,4 @@
-"""The Triton kernels behind :mod:`dynfilter._triton` (imported only when a CUDA tensor needs them)."""
+"""The Triton kernels behind :mod:`.dynamic_filter_triton` (imported only when a CUDA tensor needs them)."""
 
 import torch
 import triton

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 __all__ = [
     "COLUMNS_BUDGET_BYTES",
+    "status",
     "deform_conv_forward",
     "deform_conv_backward",
     "modulated_deform_conv2d_op",
@@ -43,11 +44,32 @@ COLUMNS_BUDGET_BYTES = 16 * 2**20
 _BILINEAR, _ZEROS = 0, 0  # grid_sampler_2d's interpolation_mode and padding_mode codes
 
 
-def deform_conv_macs(input_shape: Sequence[int], weight_shape: Sequence[int], out_hw: Sequence[int]) -> int:
-    """Multiply-adds of the matrix product of one deformable conv: ``B·Cout·Ho·Wo·(Cin/groups)·kh·kw``."""
-    b = input_shape[0]
+def deform_conv_macs(
+    input_shape: Sequence[int], weight_shape: Sequence[int], out_hw: Sequence[int], masked: bool
+) -> dict[str, int]:
+    """Multiply-adds of one modulated deformable conv, the project's one convention (``docs/complexity.md``).
+
+    ``deform_conv``: the matrix product, ``B·Cout·Ho·Wo·(Cin/groups)·kh·kw``, as a convolution.
+    ``deform_sampling``: ``B·Cin·kh·kw·Ho·Wo·(4 + m)``, each sampled value a bilinear blend of 4
+    neighbours plus, with a modulation mask, one multiply (``m = 1``). The offset and interpolation-weight
+    arithmetic is not counted. :mod:`dynfilter.complexity` and the op's FLOP formula (2 per multiply-add)
+    both count this.
+
+    >>> deform_conv_macs([1, 8, 5, 5], [6, 8, 3, 3], (5, 5), masked=True)
+    {'deform_conv': 10800, 'deform_sampling': 9000}
+    """
+    b, c_in = input_shape[0], input_shape[1]
     cout, cin_per_group, kh, kw = weight_shape
-    return b * cout * out_hw[0] * out_hw[1] * cin_per_group * kh * kw
+    pixels = out_hw[0] * out_hw[1]
+    return {
+        "deform_conv": b * cout * pixels * cin_per_group * kh * kw,
+        "deform_sampling": b * c_in * kh * kw * pixels * (4 + int(bool(masked))),
+    }
+
+
+def status() -> str:
+    """The lean deformable conv's column budget (``COLUMNS_BUDGET_BYTES``)."""
+    return f"available; columns budget {COLUMNS_BUDGET_BYTES / 2**20:g} MiB per chunk"
 
 
 def _chunks(batch: int, out_h: int, image_bytes: int, budget: int) -> Iterator[tuple[int, int, int, int]]:
@@ -369,12 +391,14 @@ modulated_deform_conv2d_op.register_autograd(_backward, setup_context=_setup_con
 
 
 @register_flop_formula(torch.ops.dynfilter.modulated_deform_conv2d)
-def _flops(input_shape, offset_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    # Counted like a convolution: the matrix product only, 2 FLOPs per multiply-add.
-    return 2 * deform_conv_macs(input_shape, weight_shape, offset_shape[-2:])
+def _flops(input_shape, offset_shape, weight_shape, bias_shape=None, mask_shape=None, *args, out_shape=None, **kwargs) -> int:
+    # 2 FLOPs per multiply-add of deform_conv_macs: the product and the sampling.
+    return 2 * sum(deform_conv_macs(input_shape, weight_shape, offset_shape[-2:], mask_shape is not None).values())
 
 
 @register_flop_formula(torch.ops.dynfilter.modulated_deform_conv2d_backward)
-def _flops_backward(grad_shape, input_shape, offset_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    # The columns' gradient and the weight's gradient: two products the size of the forward one.
-    return 4 * deform_conv_macs(input_shape, weight_shape, offset_shape[-2:])
+def _flops_backward(grad_shape, input_shape, offset_shape, weight_shape, mask_shape=None, *args, out_shape=None, **kwargs) -> int:
+    # Twice the forward's multiply-adds, the usual convention: two products the size of the forward one
+    # (the columns' and the weight's gradients), the columns sampled again and that sampling differentiated.
+    macs = deform_conv_macs(input_shape, weight_shape, offset_shape[-2:], mask_shape is not None)
+    return 4 * (macs["deform_conv"] + macs["deform_sampling"])
