@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dynfilter import CB, DCB, MCB, MDCB, MFI
+from dynfilter.layers.adfnet_layout import LAYOUTS, PARTS
 
 from ._checks import check_features, check_positive
 from ._padding import pad_to_multiple
@@ -27,9 +28,6 @@ __all__ = [
     "convert_official_state_dict",
     "load_official_state_dict",
 ]
-
-# The stages of each part, in forward order.
-_PARTS = {"encoder": ("fe1", "fe2", "fe3"), "bottleneck": ("bottleneck",), "decoder": ("dfe3", "dfe2", "dfe1")}
 
 #: A stage's blocks: ``"static"`` (CB + MCB), ``"dynamic"`` (DCB + MDCB), or a pair
 #: ``(single-scale block, multi-scale block)`` of names (``"cb"``/``"dcb"``, ``"mcb"``/``"mdcb"``) or classes.
@@ -96,15 +94,22 @@ class ADFNet(nn.Module):
             ``(64, 128, 256, 512)`` ADFNet*.
         mid_channels (Sequence[int], optional): ``M`` of the multi-scale block per scale; defaults to
             ``(n1, n2, n3 / 2, n4 / 2)`` as published.
-        encoder (StageSpec): blocks of ``fe1``–``fe3``.
-        bottleneck (StageSpec): blocks of ``bottleneck``.
-        decoder (StageSpec): blocks of ``dfe3``–``dfe1``.
+        encoder (StageSpec): blocks of ``fe1``–``fe3`` (default CB + MCB, the published layout,
+            :data:`dynfilter.layers.adfnet_layout.LAYOUTS` ``["decoder"]``).
+        bottleneck (StageSpec): blocks of ``bottleneck`` (CB + MCB).
+        decoder (StageSpec): blocks of ``dfe3``–``dfe1`` (DCB + MDCB).
         use_mfi (bool): ``False`` drops MFI from every multi-scale block ("w/o MFI").
         offset_channels (int): width of the DCN offset feature (32).
         deform_groups (int): DCN deformable groups (8); must divide every width.
 
     >>> ADFNet(widths=(8, 8, 8, 8))(torch.rand(1, 3, 13, 10)).shape
     torch.Size([1, 3, 13, 10])
+
+    The published sizes (spec §10), ADFNet and ADFNet*:
+
+    >>> with torch.device("meta"):
+    ...     [sum(p.numel() for p in ADFNet(widths=w).parameters()) for w in ((32, 64, 128, 256), (64, 128, 256, 512))]
+    [8628579, 32765667]
     """
 
     size_multiple = 8
@@ -114,9 +119,9 @@ class ADFNet(nn.Module):
         in_channels: int = 3,
         widths: Sequence[int] = (32, 64, 128, 256),
         mid_channels: Sequence[int] | None = None,
-        encoder: StageSpec = "static",
-        bottleneck: StageSpec = "static",
-        decoder: StageSpec = "dynamic",
+        encoder: StageSpec = LAYOUTS["decoder"].encoder,
+        bottleneck: StageSpec = LAYOUTS["decoder"].bottleneck,
+        decoder: StageSpec = LAYOUTS["decoder"].decoder,
         use_mfi: bool = True,
         offset_channels: int = 32,
         deform_groups: int = 8,
@@ -192,7 +197,7 @@ class ADFNet(nn.Module):
         A part whose stages hold different blocks (after surgery on one stage) maps stage name to pair.
         """
         names: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {}
-        for part, stages in _PARTS.items():
+        for part, stages in PARTS.items():
             pairs = {stage: tuple(type(block).__name__ for block in getattr(self, stage)) for stage in stages}
             distinct = set(pairs.values())
             names[part] = distinct.pop() if len(distinct) == 1 else pairs
@@ -201,7 +206,7 @@ class ADFNet(nn.Module):
     @property
     def use_mfi(self) -> bool:
         """Whether every multi-scale block applies MFI."""
-        stages = [stage for part in _PARTS.values() for stage in part]
+        stages = [stage for part in PARTS.values() for stage in part]
         return all(isinstance(getattr(getattr(self, stage)[1], "mfi", None), MFI) for stage in stages)
 
     def extra_repr(self) -> str:
@@ -369,37 +374,22 @@ def adfnet_l(**kwargs: Any) -> nn.Module:
     return _create_adfnet(kwargs, widths=(64, 128, 256, 512))
 
 
-@register
-def adfnet_wo_dcb(**kwargs: Any) -> nn.Module:
-    """Table 4 "w/o DCB": the decoder's DCBs become static CBs."""
-    return _create_adfnet(kwargs, decoder=("cb", "mdcb"))
+def _register_layout(key: str) -> None:
+    layout = LAYOUTS[key]
+    kwargs = {part: layout.blocks(part) for part in PARTS}
+    if not layout.mfi:
+        kwargs["use_mfi"] = False
+
+    def factory(**overrides: Any) -> nn.Module:
+        return _create_adfnet(overrides, **kwargs)
+
+    blocks = "; ".join(f"{part} {' + '.join(c.__name__ for c in layout.blocks(part))}" for part in PARTS)
+    factory.__name__ = factory.__qualname__ = layout.model
+    factory.__doc__ = f"Table 4 \"{layout.row}\": {blocks}" + ("; no MFI." if not layout.mfi else ".")
+    register(layout.model)(factory)
 
 
-@register
-def adfnet_wo_mdcb(**kwargs: Any) -> nn.Module:
-    """Table 4 "w/o MDCB": the decoder's MDCBs become static MCBs."""
-    return _create_adfnet(kwargs, decoder=("dcb", "mcb"))
-
-
-@register
-def adfnet_wo_dcb_mdcb(**kwargs: Any) -> nn.Module:
-    """Table 4 "w/o DCB & MDCB": a fully static network (CB + MCB everywhere)."""
-    return _create_adfnet(kwargs, decoder="static")
-
-
-@register
-def adfnet_wo_mfi(**kwargs: Any) -> nn.Module:
-    """Table 4 "w/o MFI": no MFI in any multi-scale block."""
-    return _create_adfnet(kwargs, use_mfi=False)
-
-
-@register
-def adfnet_dyn_encoder(**kwargs: Any) -> nn.Module:
-    """Table 4 dynamic blocks in the encoder only: DCB + MDCB in fe1–fe3, CB + MCB elsewhere."""
-    return _create_adfnet(kwargs, encoder="dynamic", decoder="static")
-
-
-@register
-def adfnet_dyn_all(**kwargs: Any) -> nn.Module:
-    """Table 4 dynamic blocks in all stages: DCB + MDCB in the encoder, bottleneck and decoder."""
-    return _create_adfnet(kwargs, encoder="dynamic", bottleneck="dynamic", decoder="dynamic")
+# The Table 4 ablations (dynfilter.layers.adfnet_layout), each a registered model: adfnet_wo_dcb, ...
+for _key, _layout in LAYOUTS.items():
+    if _layout.model != "adfnet":
+        _register_layout(_key)

@@ -29,7 +29,10 @@ class DnCNN(nn.Module):
     ``body`` = conv3×3 + ReLU, then ``depth − 2`` × (conv3×3 + BN + ReLU), then conv3×3; every conv has a
     bias (as in KAIR, even before BN), stride 1, padding 1. BatchNorm uses ``momentum = 0.9`` in PyTorch's
     convention and ``eps = 1e-4`` (KAIR). Parameters with BN:
-    ``(9·in·c + c) + (depth − 2)·(9c² + 3c) + (9·c·in + in)``, 559,363 for the defaults.
+    ``(9·in·c + c) + (depth − 2)·(9c² + 3c) + (9·c·in + in)``, 559,363 for the defaults:
+
+    >>> sum(p.numel() for p in DnCNN().parameters())
+    559363
 
     Args:
         in_channels (int): image channels (3 colour, 1 grey); input and output.

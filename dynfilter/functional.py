@@ -19,6 +19,7 @@ from .ops.dynamic_filter import dynamic_filter_op
 from .ops.dynamic_filter_unfold import dynamic_filter_unfold
 
 __all__ = [
+    "Switchable",
     "dynamic_filter",
     "dynamic_filter_impls",
     "set_dynamic_filter_impl",
@@ -34,6 +35,19 @@ _DYNAMIC_FILTER_IMPLS: dict[str, Callable[[torch.Tensor, torch.Tensor, int, int]
     "lean": dynamic_filter_op,
 }
 _DEFAULT_IMPL = "lean"
+
+
+class Switchable:
+    """A module that calls one of the ops here and lets :func:`set_impls` choose its implementation.
+
+    Subclasses name the op in the class attribute ``impl_op`` (``"dynamic_filter"`` or
+    ``"modulated_deform_conv2d"``) and keep the chosen implementation in the instance attribute ``impl``
+    (``"auto"`` by default). DConv, MDCB and ModulatedDeformConv2d are switchable; a module of your own
+    becomes so by subclassing this mixin. :func:`set_impls` changes these modules and no others.
+    """
+
+    impl_op: str
+    impl: str = "auto"
 
 
 def dynamic_filter_impls() -> list[str]:
@@ -56,10 +70,10 @@ def set_impls(
 ) -> nn.Module:
     """Choose the implementation of each op for every module of ``model`` that calls it, in place.
 
-    A module's ``impl`` attribute (a str) names the implementation of the op it calls; the op is
-    named by its ``impl_op`` class attribute, ``"dynamic_filter"`` when it has none (DConv, MDCB;
-    ModulatedDeformConv2d says ``"modulated_deform_conv2d"``). ``None`` leaves that op's modules as
-    they are. ``set_impls(model, **REFERENCE_IMPLS)`` gives the published computation (unfold
+    The modules changed are the :class:`Switchable` ones: each names its op in ``impl_op`` (DConv and
+    MDCB call ``"dynamic_filter"``, ModulatedDeformConv2d ``"modulated_deform_conv2d"``) and keeps its
+    implementation in ``impl``. Other modules are left alone, whatever attributes they have. ``None``
+    leaves that op's modules as they are. ``set_impls(model, **REFERENCE_IMPLS)`` gives the published computation (unfold
     dynamic filtering, torchvision's deformable conv).
 
     Args:
@@ -81,8 +95,8 @@ def set_impls(
         if impl is not None and impl != "auto" and impl not in known:
             raise ValueError(f"unknown {op} impl {impl!r}; expected 'auto' or one of {sorted(known)}")
     for module in model.modules():
-        if isinstance(getattr(module, "impl", None), str):
-            impl = chosen.get(getattr(module, "impl_op", "dynamic_filter"))
+        if isinstance(module, Switchable):
+            impl = chosen.get(module.impl_op)
             if impl is not None:
                 module.impl = impl
     return model

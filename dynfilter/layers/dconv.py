@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import check_window, dynamic_filter
+from ..functional import Switchable, check_window, dynamic_filter
 from ._checks import check_features
 from ._init import check_kernel_init, init_kernel_generator
 from ._pointwise import pointwise_conv
@@ -14,12 +14,15 @@ from .sekg import SEKG
 __all__ = ["DConv"]
 
 
-class DConv(nn.Module):
+class DConv(nn.Module, Switchable):
     """Dynamic convolution: predict a ``k×k`` kernel per pixel and channel from ``x``, then filter ``x``.
 
     ``kernels = conv1×1_{C→k²C}(SEKG(x))``; ``out = dynamic_filter(x, kernels)``. Depthwise (no channel
     mixing), no bias in the filtering itself, kernels not normalised, zero padding — as published.
-    Parameters: ``SEKG(C) + C·k²·C + k²·C``, e.g. 9,504 for ``C = 32``.
+    Parameters: ``SEKG(C) + C·k²·C + k²·C`` with ``SEKG(C) = 10C + 4``, e.g. 9,828 for ``C = 32``:
+
+    >>> sum(p.numel() for p in DConv(32).parameters())
+    9828
 
     Args:
         channels (int): ``C``, input and output channels.
@@ -32,6 +35,8 @@ class DConv(nn.Module):
     >>> DConv(8)(torch.randn(2, 8, 7, 5)).shape
     torch.Size([2, 8, 7, 5])
     """
+
+    impl_op = "dynamic_filter"
 
     def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 1, init: str = "published") -> None:
         super().__init__()

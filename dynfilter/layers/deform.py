@@ -12,12 +12,12 @@ import math
 import torch
 from torch import nn
 
-from ..functional import modulated_deform_conv2d
+from ..functional import Switchable, modulated_deform_conv2d
 
 __all__ = ["ModulatedDeformConv2d"]
 
 
-class ModulatedDeformConv2d(nn.Module):
+class ModulatedDeformConv2d(nn.Module, Switchable):
     """DCNv2 ``k×k`` conv of ``x`` with offsets and modulation predicted from ``feat``.
 
     A zero-initialised ``conv3×3_{O→3·G·k²}(feat)`` is split into three equal chunks: offsets are
@@ -41,7 +41,7 @@ class ModulatedDeformConv2d(nn.Module):
     torch.Size([1, 16, 6, 5])
     """
 
-    impl_op = "modulated_deform_conv2d"  # which op ``impl`` chooses for, read by ``set_impls``
+    impl_op = "modulated_deform_conv2d"
 
     def __init__(
         self,

@@ -5,12 +5,12 @@ ADFNet, AAAI 2023, Fig. 4; spec §5.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from torch import nn
 
-from ..functional import dynamic_filter
+from ..functional import Switchable, dynamic_filter
 from ._checks import check_features
 from ._init import check_kernel_init, init_kernel_generator
 from ._pointwise import pointwise_conv
@@ -29,7 +29,16 @@ def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
 
 
 class _MultiScaleBase(nn.Module):
-    """What MDCB and MCB share: the offset feature, the deformable conv, the reduction, MFI and the fuse."""
+    """What MDCB and MCB share: the offset feature, the deformable conv, the reduction, MFI and the fuse.
+
+    Surgery facts (see :class:`~dynfilter.DCB`): the residual branch ends with ``fuse``; the twins share
+    the offset feature, the deformable conv and the fuse.
+    """
+
+    dynamic: ClassVar[bool]
+    residual_out: ClassVar[str] = "fuse"
+    twin: ClassVar[type[nn.Module]]
+    shared_with_twin: ClassVar[dict[str, str]] = {"offset": "offset", "dcn": "dcn", "fuse": "fuse"}
 
     def __init__(
         self,
@@ -70,7 +79,7 @@ class _MultiScaleBase(nn.Module):
         return s
 
 
-class MDCB(_MultiScaleBase):
+class MDCB(_MultiScaleBase, Switchable):
     """Multi-scale dynamic convolution block.
 
     One kernel set ``K = conv1×1_{C→9M}(SEKG(LReLU(DCN(x))))`` is shared by ``len(dilations)``
@@ -92,6 +101,9 @@ class MDCB(_MultiScaleBase):
     >>> MDCB(16, 8)(torch.randn(1, 16, 9, 7)).shape
     torch.Size([1, 16, 9, 7])
     """
+
+    dynamic = True
+    impl_op = "dynamic_filter"
 
     def __init__(
         self,
@@ -141,6 +153,9 @@ class MCB(_MultiScaleBase):
     torch.Size([1, 16, 9, 7])
     """
 
+    dynamic = False
+    twin = MDCB
+
     def __init__(
         self,
         channels: int,
@@ -160,3 +175,6 @@ class MCB(_MultiScaleBase):
         x0 = self.reduce(self.post(self.deformed(x)))
         scales = [x0] + [self.act(conv(x0)) for conv in self.branches]
         return self.fuse_scales(x, scales)
+
+
+MDCB.twin = MCB

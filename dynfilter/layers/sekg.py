@@ -12,7 +12,10 @@ class SEKG(nn.Module):
     """Spatial context (depthwise 3×3) plus channel interaction (ECA-style 1-D conv), summed.
 
     ``SEKG(x) = dwconv3×3(x) + conv1d_3(avgpool(x))``, the channel term broadcast over ``H×W``.
-    No normalisation, gating or activation, exactly as published. Parameters: ``10·C + 4``.
+    No normalisation, gating or activation, exactly as published. Parameters: ``10·C + 4``:
+
+    >>> sum(p.numel() for p in SEKG(32).parameters())
+    324
 
     Args:
         channels (int): ``C``, input and output channels.

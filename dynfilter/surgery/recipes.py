@@ -17,6 +17,7 @@ from typing import Callable
 from torch import nn
 
 from ..layers import CB, DCB, MCB, MDCB, MFI
+from ..layers.adfnet_layout import LAYOUT_ALIASES, LAYOUTS, PARTS, STAGES
 from . import replace, select
 from .plan import Plan, plan, unwrap
 
@@ -112,30 +113,14 @@ def rdn_mdcb(
     return plan(model, rdb_like, stack, position=position)
 
 
-_ENCODER = ("fe1", "fe2", "fe3")
-_BOTTLENECK = ("bottleneck",)
-_DECODER = ("dfe3", "dfe2", "dfe1")
-_STATIC, _DYNAMIC = (CB, MCB), (DCB, MDCB)
-
-#: Each Table 4 variant as a target configuration: blocks per part and whether multi-scale blocks have MFI.
-#: ``"all"`` makes the bottleneck dynamic too (every stage, as the backbones' ``adfnet_dyn_all``), although
-#: the published ADFNet keeps it static.
-ADFNET_VARIANTS: dict[str, dict] = {
-    "decoder": {"encoder": _STATIC, "bottleneck": _STATIC, "decoder": _DYNAMIC, "mfi": True},
-    "wo_dcb": {"encoder": _STATIC, "bottleneck": _STATIC, "decoder": (CB, MDCB), "mfi": True},
-    "wo_mdcb": {"encoder": _STATIC, "bottleneck": _STATIC, "decoder": (DCB, MCB), "mfi": True},
-    "wo_dcb_mdcb": {"encoder": _STATIC, "bottleneck": _STATIC, "decoder": _STATIC, "mfi": True},
-    "wo_mfi": {"encoder": _STATIC, "bottleneck": _STATIC, "decoder": _DYNAMIC, "mfi": False},
-    "encoder": {"encoder": _DYNAMIC, "bottleneck": _STATIC, "decoder": _STATIC, "mfi": True},
-    "all": {"encoder": _DYNAMIC, "bottleneck": _DYNAMIC, "decoder": _DYNAMIC, "mfi": True},
-}
-_ALIASES = {"dyn_encoder": "encoder", "dyn_all": "all", "default": "decoder"}
+#: The Table 4 configurations (:data:`dynfilter.layers.adfnet_layout.LAYOUTS`), by variant name.
+ADFNET_VARIANTS = LAYOUTS
 
 
 def _adfnet_stages(model: nn.Module) -> dict[str, nn.Module]:
     stages = {}
     problems = []
-    for name in _ENCODER + _BOTTLENECK + _DECODER:
+    for name in STAGES:
         stage = getattr(model, name, None)
         if not (
             isinstance(stage, nn.Sequential)
@@ -159,7 +144,7 @@ def _adfnet_stages(model: nn.Module) -> dict[str, nn.Module]:
 def adfnet_ablation(model: nn.Module, variant: str, **block_kwargs: object) -> Plan:
     """Rewrite an ADFNet into one of the paper's Table 4 configurations, whatever it is now.
 
-    Variants (:data:`ADFNET_VARIANTS`): ``"decoder"`` (the published ADFNet: static encoder and
+    Variants (:data:`ADFNET_VARIANTS`, defined once in :mod:`dynfilter.layers.adfnet_layout`): ``"decoder"`` (the published ADFNet: static encoder and
     bottleneck, dynamic decoder), ``"wo_dcb"`` (decoder DCB → CB), ``"wo_mdcb"`` (decoder MDCB → MCB),
     ``"wo_dcb_mdcb"`` (both), ``"wo_mfi"`` (MFI → Identity in every multi-scale block), ``"encoder"``
     (dynamic encoder, static decoder; alias ``"dyn_encoder"``) and ``"all"`` (dynamic everywhere, the
@@ -178,29 +163,28 @@ def adfnet_ablation(model: nn.Module, variant: str, **block_kwargs: object) -> P
     ...
     ValueError: adfnet_ablation expects an ADFNet-like model ...; got fe1: missing; ...
     """
-    key = _ALIASES.get(variant, variant)
-    if key not in ADFNET_VARIANTS:
-        known = sorted(ADFNET_VARIANTS) + sorted(_ALIASES)
+    key = LAYOUT_ALIASES.get(variant, variant)
+    if key not in LAYOUTS:
+        known = sorted(LAYOUTS) + sorted(LAYOUT_ALIASES)
         raise ValueError(f"unknown ADFNet variant {variant!r}; known variants: {', '.join(known)}")
-    target = ADFNET_VARIANTS[key]
+    target = LAYOUTS[key]
     inner, notes = unwrap(model)
     stages = _adfnet_stages(inner)
-    part_of = {**dict.fromkeys(_ENCODER, "encoder"), **dict.fromkeys(_BOTTLENECK, "bottleneck")}
-    part_of.update(dict.fromkeys(_DECODER, "decoder"))
+    part_of = {stage: part for part, names in PARTS.items() for stage in names}
 
     swaps: dict[str, list[str]] = {"static": [], "dynamic": []}
     mfi_off, mfi_on = [], []
     for name, stage in stages.items():
-        for i, want in enumerate(target[part_of[name]]):
+        for i, want in enumerate(target.blocks(part_of[name])):
             if type(stage[i]) is not want:
-                swaps["static" if want in _STATIC else "dynamic"].append(f"{name}.{i}")
-            elif i == 1 and isinstance(stage[1].mfi, MFI) != target["mfi"]:
-                (mfi_on if target["mfi"] else mfi_off).append(f"{name}.1.mfi")
+                swaps["dynamic" if want.dynamic else "static"].append(f"{name}.{i}")
+            elif i == 1 and isinstance(stage[1].mfi, MFI) != target.mfi:
+                (mfi_on if target.mfi else mfi_off).append(f"{name}.1.mfi")
 
     result = Plan(inner, [], steps=[f"adfnet_ablation({variant!r})"], notes=notes)
     for to, names in swaps.items():
         if names:
-            result += plan(inner, select.by_name(*names), replace.swap_block(to, target["mfi"], **block_kwargs))
+            result += plan(inner, select.by_name(*names), replace.swap_block(to, target.mfi, **block_kwargs))
     if mfi_off:
         result += plan(inner, select.by_name(*mfi_off), replace.to_identity())
     if mfi_on:

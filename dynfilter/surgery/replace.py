@@ -33,7 +33,7 @@ __all__ = [
     "to_dconv",
     "conv_then_dconv",
     "insert_after",
-    "RESIDUAL_OUT",
+    "residual_out",
     "to_mdcb_stack",
     "swap_block",
     "to_identity",
@@ -158,9 +158,17 @@ def to_dconv(kernel_size: int = 3, dilation: int = 1, **block_kwargs: object) ->
     return _ToDConv(kernel_size, dilation, block_kwargs)
 
 
-#: The layer that ends each block's residual branch (``y = x + branch(x)``): zeroed, the block is the
-#: identity, and that layer still gets a gradient at step 0 (its input is not zero).
-RESIDUAL_OUT: dict[type, str] = {DCB: "conv2", CB: "conv3", MDCB: "fuse", MCB: "fuse"}
+def residual_out(block: Callable[..., nn.Module]) -> str | None:
+    """The layer that ends a block's residual branch (``y = x + branch(x)``), as the block declares it.
+
+    Zeroed, the block is the identity, and that layer still gets a gradient at step 0 (its input is not
+    zero). ``None`` for blocks that declare none.
+
+    >>> residual_out(DCB), residual_out(CB), residual_out(MDCB), residual_out(nn.Conv2d)
+    ('conv2', 'conv3', 'fuse', None)
+    """
+    return getattr(block, "residual_out", None)
+
 
 _BLOCKS: dict[str, type] = {"dconv": DConv, "dcb": DCB, "cb": CB, "mdcb": MDCB, "mcb": MCB}
 _PROBE = (16, 16)  # H×W of the input that checks a custom block really starts as the identity
@@ -235,7 +243,7 @@ class _InsertAfter(Replacement):
         preserve: bool = False,
     ) -> None:
         self.make = _block_maker(block)
-        self.args = (title, block, names, accepts, channels, zero, block_kwargs)
+        self.spec = dict(title=title, block=block, names=names, accepts=accepts, channels=channels, zero=zero)
         self.names, self.accepts, self.channels, self.zero = names, accepts, channels, zero
         self.block_kwargs, self.preserve = block_kwargs, preserve
         shown = {**({"channels": channels} if channels is not None else {}), **block_kwargs}
@@ -244,7 +252,7 @@ class _InsertAfter(Replacement):
         super().__init__(f"{title}({', '.join(head + ([_kwargs_repr(**shown)] if shown else []))})")
 
     def _zeroed(self) -> str | None:
-        return self.zero if self.zero is not None else RESIDUAL_OUT.get(self.make)
+        return self.zero if self.zero is not None else residual_out(self.make)
 
     def _channels(self, module: nn.Module) -> int | None:
         return self.channels if self.channels is not None else _output_channels(module)
@@ -263,7 +271,7 @@ class _InsertAfter(Replacement):
         if self.preserve and self.make is not DConv:
             zero = self._zeroed()
             _zero_layer(block, zero)
-            if RESIDUAL_OUT.get(type(block)) != zero:  # ours are identities by construction; check the rest
+            if residual_out(type(block)) != zero:  # ours are identities by construction; check the rest
                 _check_identity(block, c, zero)
         first, second = self.names
         return nn.Sequential(OrderedDict([(first, module), (second, block)]))
@@ -279,7 +287,7 @@ class _InsertAfter(Replacement):
         return f"the inserted {_block_name(self.make)} starts at random (preserve_output=True zeroes its {self._zeroed()})"
 
     def preserving(self) -> Replacement:
-        title, block, names, accepts, channels, zero, kwargs = self.args
+        kwargs = self.block_kwargs
         if self.make is DConv:
             init = kwargs.get("init", "identity")
             if init != "identity":
@@ -289,7 +297,7 @@ class _InsertAfter(Replacement):
             kwargs = {**kwargs, "init": "identity"}
         elif self._zeroed() is None:
             return self
-        return _InsertAfter(title, block, names, accepts, channels, zero, kwargs, preserve=True)
+        return _InsertAfter(**self.spec, block_kwargs=kwargs, preserve=True)
 
 
 def conv_then_dconv(**block_kwargs: object) -> Replacement:
@@ -307,8 +315,8 @@ def conv_then_dconv(**block_kwargs: object) -> Replacement:
     >>> [type(m).__name__ for m in new], new.dconv.channels
     (['Conv2d', 'DConv'], 8)
     """
-    return _InsertAfter("conv_then_dconv", "dconv", ("conv", "dconv"), (nn.Conv2d, nn.ConvTranspose2d), None, None,
-                        block_kwargs)
+    return _InsertAfter("conv_then_dconv", "dconv", ("conv", "dconv"), accepts=(nn.Conv2d, nn.ConvTranspose2d),
+                        channels=None, zero=None, block_kwargs=block_kwargs)
 
 
 def insert_after(
@@ -325,7 +333,7 @@ def insert_after(
     Starting as the identity (``plan(..., preserve_output=True)``), so the model's output is unchanged:
 
     - ``"dconv"``: the DConv gets ``init="identity"``;
-    - a residual block (``"dcb"``, ``"cb"``, ``"mdcb"``, ``"mcb"``, see :data:`RESIDUAL_OUT`): the last layer of
+    - a residual block (``"dcb"``, ``"cb"``, ``"mdcb"``, ``"mcb"``, see :func:`residual_out`): the last layer of
       its residual branch is zeroed (DCB ``conv2``, CB ``conv3``, MDCB/MCB ``fuse``), so ``y = x + 0``. That
       layer gets a gradient at step 0; the layers before it get theirs from step 1, once it is no
       longer zero (the zero-init residual of Goyal et al. 2017 and Fixup). Combine with
@@ -337,7 +345,7 @@ def insert_after(
         block: ``"dconv"``, ``"dcb"``, ``"cb"``, ``"mdcb"``, ``"mcb"``, or a class/callable
             ``block(channels, **block_kwargs) -> nn.Module``.
         channels (int, optional): ``C``; inferred when omitted.
-        zero (str, optional): for ``preserve_output``: the submodule to zero (default: :data:`RESIDUAL_OUT`).
+        zero (str, optional): for ``preserve_output``: the submodule to zero (default: the block's :func:`residual_out`).
         **block_kwargs: forwarded to the block's constructor.
 
     >>> new = insert_after("dcb").preserving().build("c", nn.Conv2d(3, 8, 3, padding=1))
@@ -345,7 +353,8 @@ def insert_after(
     >>> [type(m).__name__ for m in new], torch.equal(new.block(x), x)
     (['Conv2d', 'DCB'], True)
     """
-    return _InsertAfter("insert_after", block, ("module", "block"), None, channels, zero, block_kwargs)
+    return _InsertAfter("insert_after", block, ("module", "block"), accepts=None, channels=channels, zero=zero,
+                        block_kwargs=block_kwargs)
 
 
 def infer_channels(module: nn.Module) -> int | None:
@@ -436,20 +445,12 @@ def to_mdcb_stack(
     return _ToMDCBStack(n, channels, kwargs)
 
 
-# The twin of each ADFNet block and {new_prefix: old_prefix} for the weights that mean the same thing.
-# DCB ↔ CB: the input conv (conv1) and the output conv after the activation (DCB.conv2 ↔ CB.conv3);
-# the middle (DConv ↔ CB.conv2) has no counterpart. MDCB ↔ MCB: the offset conv, the DCN (with its
-# offset/mask conv) and the final 1×1 fuse. Not carried although the shapes agree: `reduce` (MDCB reduces
-# the block input, MCB the DCN path) and `branches` (MDCB's post-filter 3×3s vs MCB's dilated 3×3s).
-_SWAPS: dict[str, dict[type, tuple[type, dict[str, str]]]] = {
-    "static": {
-        DCB: (CB, {"conv1": "conv1", "conv3": "conv2"}),
-        MDCB: (MCB, {"offset": "offset", "dcn": "dcn", "fuse": "fuse"}),
-    },
-    "dynamic": {
-        CB: (DCB, {"conv1": "conv1", "conv2": "conv3"}),
-        MCB: (MDCB, {"offset": "offset", "dcn": "dcn", "fuse": "fuse"}),
-    },
+# The blocks that swap with a twin (each declares ``twin``, ``dynamic`` and ``shared_with_twin``), by
+# direction: DCB ↔ CB share the input conv and the output conv after the activation (DCB.conv2 ↔ CB.conv3);
+# MDCB ↔ MCB the offset conv, the DCN and the final 1×1 fuse.
+_SWAPS: dict[str, tuple[type, ...]] = {
+    to: tuple(c for c in _BLOCKS.values() if hasattr(c, "twin") and c.dynamic == (to == "static"))
+    for to in ("static", "dynamic")
 }
 
 
@@ -462,7 +463,11 @@ class _SwapBlock(Replacement):
         self.block_kwargs = block_kwargs
 
     def _entry(self, module: nn.Module) -> tuple[type, dict[str, str]] | None:
-        return self.table.get(type(module))
+        """``(twin class, {twin prefix: this block's prefix})`` for a block this swap takes, else ``None``."""
+        if type(module) not in self.table:
+            return None
+        twin = type(module).twin
+        return twin, twin.shared_with_twin
 
     def reason(self, name: str, module: nn.Module) -> str | None:
         if self._entry(module) is None:

@@ -69,3 +69,21 @@ def test_empty_batch():
 def test_bad_input_raises_value_error(x_shape, k_shape, kwargs, match):
     with pytest.raises(ValueError, match=match):
         dynamic_filter(torch.randn(x_shape), torch.randn(k_shape), **kwargs)
+
+
+def test_set_impls_touches_only_switchable_modules():
+    from torch import nn
+
+    from dynfilter import DCB, set_impls
+    from dynfilter.functional import Switchable
+
+    class Users(nn.Module):  # a module of a user's own that happens to have a string `impl`
+        impl = "mine"
+
+    class Opted(nn.Module, Switchable):
+        impl_op = "dynamic_filter"
+
+    model = nn.Sequential(DCB(4), Users(), Opted())
+    set_impls(model, dynamic_filter="unfold")
+    assert model[0].dconv.impl == "unfold" and model[2].impl == "unfold"
+    assert model[1].impl == "mine"
