@@ -20,10 +20,12 @@ import argparse
 import fnmatch
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from .settings import RunSettings
 
 __all__ = ["BN_SEED_OFFSET", "recalibrate_batchnorm", "noisy_batches", "recalibrate_for_test", "recalibrate_results", "main"]
 
@@ -74,7 +76,7 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def noisy_batches(settings: Mapping[str, Any], count: int, seed: int) -> Iterator[torch.Tensor]:
+def noisy_batches(settings: RunSettings, count: int, seed: int) -> Iterator[torch.Tensor]:
     """``count`` model inputs drawn as in the run's training (training set, patch and batch size, noise).
 
     Paired training data gives its noisy images; synthetic noise is drawn from the same generator.
@@ -82,8 +84,7 @@ def noisy_batches(settings: Mapping[str, Any], count: int, seed: int) -> Iterato
     from .run import training_noise, training_set
     from .train import PatchSampler
 
-    train = settings["train"]
-    sampler = PatchSampler(training_set(settings["data"]), train["patch_size"], train["batch_size"])
+    sampler = PatchSampler(training_set(settings.data), settings.train.patch_size, settings.train.batch_size)
     noise = training_noise(settings, sampler.paired)
     generator = torch.Generator().manual_seed(int(seed))
     for _ in range(int(count)):
@@ -91,8 +92,8 @@ def noisy_batches(settings: Mapping[str, Any], count: int, seed: int) -> Iterato
         yield batch[0] if noise is None else noise(batch[0], generator=generator)
 
 
-def recalibrate_for_test(model: nn.Module, settings: Mapping[str, Any]) -> int:
-    """Re-estimate ``model``'s BatchNorm statistics over ``settings["test"]["bn_batches"]`` training batches.
+def recalibrate_for_test(model: nn.Module, settings: RunSettings) -> int:
+    """Re-estimate ``model``'s BatchNorm statistics over ``settings.test.bn_batches`` training batches.
 
     The batches come from :func:`noisy_batches` seeded with ``seed + BN_SEED_OFFSET``: the same for the
     baseline and the enhanced run of a seed. Returns the number of BatchNorm layers re-estimated (0, and
@@ -100,11 +101,8 @@ def recalibrate_for_test(model: nn.Module, settings: Mapping[str, Any]) -> int:
     """
     if not has_batchnorm(model):
         return 0
-    count = int(settings["test"].get("bn_batches") or 0)
-    if count < 1:
-        raise ValueError(f"test.bn_batches must be >= 1 to re-estimate BatchNorm statistics, got {count}")
     device = next(model.parameters()).device
-    batches = (b.to(device) for b in noisy_batches(settings, count, int(settings["seed"]) + BN_SEED_OFFSET))
+    batches = (b.to(device) for b in noisy_batches(settings, settings.test.bn_batches, settings.seed + BN_SEED_OFFSET))
     return recalibrate_batchnorm(model, batches)
 
 
@@ -138,8 +136,7 @@ def recalibrate_results(
     rows = []
     for _, row in tqdm(list(chosen.iterrows()), desc="recalibrating", unit="run"):
         model, state = model_from_checkpoint(folder / "runs" / row["id"] / "checkpoint.pt", tested=False)
-        settings = state["config"]
-        settings["data"]["data_root"] = data_root
+        settings = RunSettings.from_dict(state["config"]).replace(**{"data.data_root": data_root})
         if recalibrate_batchnorm(model, noisy_batches(settings, batches, seed)) == 0:
             continue
         tested = evaluate_model(model.eval(), settings)

@@ -1,7 +1,8 @@
 """Experiment configs: packaged presets and user YAML files, command-line overrides, validation.
 
 A config is a YAML mapping. Its top-level sections set the defaults of every study in it, and each
-study may override any of them (deep merge)::
+study may override any of them (deep merge). The sections are the typed settings of
+:mod:`experiments.settings`, which own the defaults and check every key and value::
 
     seeds: [0]
     data:    {train: builtin-train, test: [builtin], data_root: null, channels: 3}
@@ -25,8 +26,9 @@ A variant's ``protocol`` says how its enhanced model is trained (:data:`experime
 then trained to ``train.iterations`` on the baseline's own stream. ``test.recalibrate_bn`` re-estimates
 BatchNorm statistics before testing (models without BatchNorm are tested as trained).
 
-:data:`DEFAULTS` fills whatever a file leaves out, so a user config can be a few lines. Unknown keys
-are errors (a typo must not silently fall back to a default). The expansion of a study into runs lives
+:data:`DEFAULTS` (the settings classes' defaults) fills whatever a file leaves out, so a user config can
+be a few lines. Unknown keys and values of the wrong type are errors, naming the key (a typo must not
+silently fall back to a default). The expansion of a study into runs lives
 in :mod:`experiments.sweep`; this module only loads, merges and checks.
 """
 
@@ -39,6 +41,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+
+from .settings import SECTIONS as SETTINGS
+from .settings import plain, section
 
 __all__ = [
     "DEFAULTS",
@@ -63,31 +68,12 @@ PRESETS: tuple[str, ...] = ("smoke", "quick", "standard", "paper", "budget")
 DEFAULTS: dict[str, Any] = {
     "description": "",
     "seeds": [0],
-    "data": {"train": "builtin-train", "test": ["builtin"], "data_root": None, "channels": 3},
-    "noise": {"sigma": 50.0},
-    "train": {
-        "iterations": 1000,
-        "batch_size": 16,
-        "patch_size": 64,
-        "lr": 1e-4,
-        "betas": [0.9, 0.999],
-        "eps": 1e-8,
-        "weight_decay": 0.0,
-        "lr_step": 200_000,
-        "lr_gamma": 0.5,
-        "loss": "auto",
-        "augment": True,
-        "checkpoint_every": 200,
-        "device": "auto",
-        "threads": None,
-    },
-    "test": {"seed": 20, "seed_mode": "fixed", "max_images": None, "recalibrate_bn": True, "bn_batches": 100},
-    "measure": {"size": [128, 128], "latency_repeats": 10, "latency_warmup": 2, "latency_threads": 1},
+    **{name: plain(cls()) for name, cls in SETTINGS.items()},
     "studies": {},
 }
 
 # Sections a study may override, and the keys a study holds besides them.
-SECTIONS: tuple[str, ...] = ("data", "noise", "train", "test", "measure")
+SECTIONS: tuple[str, ...] = tuple(SETTINGS)
 STUDY_KEYS: tuple[str, ...] = ("backbone", "model", "grid", "variants", "seeds", "description") + SECTIONS
 _VARIANT_KEYS = ("recipe", "recipe_kwargs", "protocol", "branch_at")
 # Replaced whole rather than merged, so that a later file can drop grid axes or variants.
@@ -186,12 +172,14 @@ def _check_keys(where: str, given: Mapping[str, Any], known: Iterable[str]) -> N
         raise ValueError(f"unknown key(s) {unknown} in {where}; known keys: {known}")
 
 
-def _check_sections(where: str, config: Mapping[str, Any]) -> None:
-    for section in SECTIONS:
-        if section in config:
-            if not isinstance(config[section], Mapping):
-                raise ValueError(f"{where}{section} must be a mapping, got {config[section]!r}")
-            _check_keys(f"{where}{section}", config[section], DEFAULTS[section])
+def _check_sections(where: str, config: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> None:
+    """Each section of ``config`` (merged over ``base``'s) must build its settings class."""
+    for name in SECTIONS:
+        if name in config:
+            if not isinstance(config[name], Mapping):
+                raise ValueError(f"{where}{name} must be a mapping, got {config[name]!r}")
+            merged = deep_merge((base or {}).get(name) or {}, config[name])
+            section(SETTINGS[name], merged, f"{where}{name}")
 
 
 def validate_config(config: Mapping[str, Any]) -> None:
@@ -205,7 +193,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
         if not isinstance(study, Mapping):
             raise ValueError(f"study {name!r} must be a mapping, got {study!r}")
         _check_keys(f"study {name!r}", study, STUDY_KEYS)
-        _check_sections(f"study {name!r}: ", study)
+        _check_sections(f"study {name!r}: ", study, config)
         if "backbone" not in study:
             raise ValueError(f"study {name!r} names no backbone (add e.g. 'backbone: dncnn')")
         grid = study.get("grid") or {}
@@ -271,8 +259,8 @@ def study_config(config: Mapping[str, Any], name: str | None) -> tuple[str, dict
     resolved["grid"] = dict(study.get("grid") or {})
     resolved["variants"] = {k: dict(v or {}) for k, v in (study.get("variants") or {"baseline": {}}).items()}
     resolved["seeds"] = list(study.get("seeds", config.get("seeds", [0])))
-    for section in SECTIONS:
-        resolved[section] = deep_merge(config.get(section) or {}, study.get(section) or {})
+    for part in SECTIONS:
+        resolved[part] = deep_merge(config.get(part) or {}, study.get(part) or {})
     return name, resolved
 
 

@@ -1,13 +1,9 @@
 """One experiment run: settings → trained model → test metrics, cost and versions, as one result row.
 
-A run's *settings* are a plain dict (what a sweep hashes into the run id, and what a checkpoint keeps)::
-
-    {"backbone": "dncnn", "model": {...}, "variant": "dconv", "recipe": "dncnn_dconv", "recipe_kwargs": {},
-     "protocol": "scratch", "branch_at": None, "seed": 0,
-     "data": {...}, "noise": {"sigma": 50}, "train": {...}, "test": {...}}
-
-with the ``data``/``noise``/``train``/``test`` sections of :mod:`experiments.config`. Data flows one way:
-the data module's images → the noise → the model → the protocol's metrics → the row.
+A run's settings are a :class:`~experiments.settings.RunSettings` (typed, frozen); its plain dict
+(:meth:`~experiments.settings.RunSettings.to_dict`) is what a sweep hashes into the run id and what a
+checkpoint keeps. Data flows one way: the data module's images → the noise → the model → the protocol's
+metrics → the row.
 
 Paired arms. A baseline run and an enhanced run of the same seed differ only in the surgery: the seed
 fixes the global RNG before the backbone is built, so every layer the two share starts from the same
@@ -30,7 +26,7 @@ Protocols (:data:`PROTOCOLS`), how an enhanced run is trained:
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import datetime
 import hashlib
 import json
@@ -40,13 +36,14 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from .checkpoint import build_model, load_checkpoint, save_checkpoint, snapshot_path
-from .train import PatchSampler, TrainResult, TrainSettings, carry_optimizer_state, fit, get_loss, loss_name
+from .checkpoint import build_model, load_checkpoint, save_checkpoint
+from .settings import Data, Measure, RunSettings, plain
+from .train import PatchSampler, TrainResult, carry_optimizer_state, fit, get_loss, loss_name
 
 __all__ = [
     "PROTOCOLS",
@@ -63,6 +60,7 @@ __all__ = [
     "evaluate_model",
     "test_model",
     "measure_model",
+    "cpu_threads",
     "versions",
     "execute",
 ]
@@ -87,9 +85,9 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def settings_hash(settings: Mapping[str, Any], drop: Iterable[str] = ()) -> str:
+def settings_hash(settings: RunSettings | Mapping[str, Any], drop: Iterable[str] = ()) -> str:
     """An 8-hex-digit hash of ``settings`` without the unhashed keys and the dotted paths in ``drop``."""
-    s = canonical(copy.deepcopy(dict(settings)))
+    s = canonical(plain(settings))
     for path in (*_UNHASHED, *drop):
         *parents, last = path.split(".")
         node = s
@@ -101,38 +99,35 @@ def settings_hash(settings: Mapping[str, Any], drop: Iterable[str] = ()) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def check_protocol(settings: Mapping[str, Any], where: str = "the run") -> None:
+def check_protocol(settings: RunSettings, where: str = "the run") -> None:
     """Raise ``ValueError`` unless ``protocol``/``branch_at`` make sense for these settings."""
-    protocol, branch_at = settings.get("protocol", "scratch"), settings.get("branch_at")
+    protocol, branch_at = settings.protocol, settings.branch_at
     if protocol not in PROTOCOLS:
         raise ValueError(f"{where}: unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     if protocol == "scratch":
         if branch_at is not None:
             raise ValueError(f"{where}: branch_at={branch_at!r} needs protocol: warm_start")
         return
-    if not settings.get("recipe"):
+    if not settings.recipe:
         raise ValueError(f"{where}: protocol warm_start needs a recipe (it is surgery on the trained baseline)")
-    iterations = settings["train"]["iterations"]
-    if isinstance(branch_at, bool) or not isinstance(branch_at, int) or not 0 < branch_at < int(iterations):
+    iterations = settings.train.iterations
+    if isinstance(branch_at, bool) or not isinstance(branch_at, int) or not 0 < branch_at < iterations:
         raise ValueError(
             f"{where}: protocol warm_start needs branch_at, the baseline's steps before the surgery, an integer "
             f"with 0 < branch_at < train.iterations = {iterations}; got {branch_at!r}"
         )
 
 
-def baseline_settings(settings: Mapping[str, Any], iterations: int | None = None) -> dict[str, Any]:
+def baseline_settings(settings: RunSettings, iterations: int | None = None) -> RunSettings:
     """The settings of the baseline paired with ``settings`` (no surgery), optionally for another budget.
 
-    >>> s = baseline_settings({"variant": "dconv", "recipe": "r", "recipe_kwargs": {"a": 1}, "protocol": "warm_start",
-    ...                        "branch_at": 5, "train": {"iterations": 9}}, iterations=5)
-    >>> s["recipe"], s["protocol"], s["branch_at"], s["train"]["iterations"]
+    >>> s = baseline_settings(RunSettings("dncnn", variant="dconv", recipe="r", recipe_kwargs={"a": 1},
+    ...                                   protocol="warm_start", branch_at=5), iterations=5)
+    >>> s.recipe, s.protocol, s.branch_at, s.train.iterations
     (None, 'scratch', None, 5)
     """
-    base = copy.deepcopy(dict(settings))
-    base.update(variant="baseline", recipe=None, recipe_kwargs={}, protocol="scratch", branch_at=None)
-    if iterations is not None:
-        base["train"]["iterations"] = int(iterations)
-    return base
+    base = settings.replace(variant="baseline", recipe=None, recipe_kwargs={}, protocol="scratch", branch_at=None)
+    return base if iterations is None else base.replace(**{"train.iterations": int(iterations)})
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -147,10 +142,10 @@ def resolve_device(name: str | None) -> torch.device:
         raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from exc
 
 
-def model_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
+def model_kwargs(settings: RunSettings) -> dict[str, Any]:
     """The backbone arguments, with ``in_channels`` taken from ``data.channels`` (they must agree)."""
-    kwargs = dict(settings.get("model") or {})
-    channels = settings["data"].get("channels", 3)
+    kwargs = dict(settings.model)
+    channels = settings.data.channels
     if kwargs.setdefault("in_channels", channels) != channels:
         raise ValueError(
             f"model in_channels={kwargs['in_channels']} but data.channels={channels}; the images are converted "
@@ -159,51 +154,50 @@ def model_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def training_set(data: Mapping[str, Any]) -> Any:
+def training_set(data: Data) -> Any:
     """The training images: a set name or folder (clean; noise is synthesised) or ``{noisy:, clean:}`` folders."""
     from .data import PairedImageFolder, open_dataset
 
-    train = data["train"]
+    train = data.train
     if isinstance(train, Mapping):
         if set(train) != {"noisy", "clean"}:
             raise ValueError(f"data.train as a mapping needs exactly 'noisy' and 'clean' folders, got {sorted(train)}")
-        return PairedImageFolder(train["noisy"], train["clean"], channels=data.get("channels"))
-    return open_dataset(str(train), data.get("data_root"), channels=data.get("channels"))
+        return PairedImageFolder(train["noisy"], train["clean"], channels=data.channels)
+    return open_dataset(str(train), data.data_root, channels=data.channels)
 
 
-def training_noise(settings: Mapping[str, Any], paired: bool) -> Any:
+def training_noise(settings: RunSettings, paired: bool) -> Any:
     """The synthetic training noise of the run, or ``None`` for paired (noisy, clean) data."""
     from .noise import GaussianNoise
 
-    return None if paired else GaussianNoise(settings["noise"]["sigma"])
+    return None if paired else GaussianNoise(settings.noise.sigma)
 
 
-def _check_resumable(settings: Mapping[str, Any], checkpoint: str | os.PathLike) -> None:
+def _check_resumable(settings: RunSettings, checkpoint: str | os.PathLike) -> None:
     """Refuse to resume a checkpoint trained with other settings (a longer budget is fine)."""
-    from .checkpoint import load_checkpoint
-
     stored = load_checkpoint(checkpoint).get("config")
     if stored is None:
         return
     drop = ("train.iterations", "variant")  # a longer budget continues; a variant's name is only a label
     if settings_hash(stored, drop) != settings_hash(settings, drop):
-        changed = sorted(k for k in set(stored) | set(settings) if canonical(stored.get(k)) != canonical(settings.get(k)))
+        mine = settings.to_dict()
+        changed = sorted(k for k in set(stored) | set(mine) if canonical(stored.get(k)) != canonical(mine.get(k)))
         raise ValueError(
             f"{checkpoint} was trained with different settings (they differ in {changed}); "
             f"resume with the same settings or train into another folder"
         )
 
 
-def _recipe_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
+def _recipe_kwargs(settings: RunSettings) -> dict[str, Any]:
     """The recipe's arguments as applied: ``preserve_output=True`` added for a warm start."""
-    kwargs = dict(settings.get("recipe_kwargs") or {})
-    if settings.get("protocol") == "warm_start":
+    kwargs = dict(settings.recipe_kwargs)
+    if settings.protocol == "warm_start":
         kwargs["preserve_output"] = True
     return kwargs
 
 
 def _branch(
-    settings: Mapping[str, Any],
+    settings: RunSettings,
     checkpoint: Path,
     record: Mapping[str, Any],
     sources: Iterable[str | os.PathLike],
@@ -221,7 +215,7 @@ def _branch(
 
     from ._io import atomic_write
 
-    branch_at = int(settings["branch_at"])
+    branch_at = settings.branch_at
     base = baseline_settings(settings, iterations=branch_at)
     branch = checkpoint.with_name("branch.pt")
     if not branch.is_file():
@@ -233,9 +227,9 @@ def _branch(
     baseline, pretrained = train_model(base, branch, progress=progress, device=device, meta=meta)
     state = load_checkpoint(branch)
     baseline = baseline.cpu()
-    plan = recipes.get(settings["recipe"])(baseline, **_recipe_kwargs(settings))
+    plan = recipes.get(settings.recipe)(baseline, **_recipe_kwargs(settings))
     if not plan.keeps_output:
-        raise ValueError(f"recipe {settings['recipe']!r} with {_recipe_kwargs(settings)} does not keep the baseline's "
+        raise ValueError(f"recipe {settings.recipe!r} with {_recipe_kwargs(settings)} does not keep the baseline's "
                          f"output, so a warm start would not begin where the baseline is")
     enhanced = plan.apply()
     optimizer = carry_optimizer_state(state["optimizer"], baseline, enhanced, plan.key_map(enhanced))
@@ -245,7 +239,7 @@ def _branch(
         "optimizer": optimizer,
         "scheduler": state["scheduler"],
         "iteration": branch_at,
-        "iterations": int(settings["train"]["iterations"]),
+        "iterations": settings.train.iterations,
         "rng": state["rng"],
         "train_seconds": float(state["train_seconds"]),
         "last_loss": float(state["last_loss"]),
@@ -254,7 +248,7 @@ def _branch(
 
 
 def train_model(
-    settings: Mapping[str, Any],
+    settings: RunSettings,
     checkpoint: str | os.PathLike | None,
     *,
     progress: bool | None = None,
@@ -272,47 +266,36 @@ def train_model(
     Returns:
         (model, result): the trained model in eval mode on ``device`` and the :class:`TrainResult`.
     """
-    train = settings["train"]
+    train = settings.train
     kwargs = model_kwargs(settings)
     check_protocol(settings)
     record = {
         **dict(meta or {}),
-        "model_name": settings["backbone"],
+        "model_name": settings.backbone,
         "model_kwargs": kwargs,
-        "recipe": settings.get("recipe"),
+        "recipe": settings.recipe,
         "recipe_kwargs": _recipe_kwargs(settings),
-        "config": json.loads(json.dumps(settings)),
+        "config": settings.to_dict(),
     }
     branch_seconds = 0.0
     if checkpoint is not None and Path(checkpoint).is_file():
         _check_resumable(settings, checkpoint)
-    elif settings.get("protocol") == "warm_start":
+    elif settings.protocol == "warm_start":
         if checkpoint is None:
             raise ValueError("a warm_start run needs a checkpoint file to branch into")
         branch_seconds = _branch(settings, Path(checkpoint), record, branch_sources, progress, device)
-    model = build_model(settings["backbone"], kwargs, settings.get("recipe"), record["recipe_kwargs"], seed=settings["seed"])
-    dataset = training_set(settings["data"])
-    sampler = PatchSampler(dataset, train["patch_size"], train["batch_size"], augment=train["augment"])
-    optim = TrainSettings(
-        iterations=int(train["iterations"]),
-        lr=float(train["lr"]),
-        betas=tuple(train["betas"]),
-        eps=float(train["eps"]),
-        weight_decay=float(train["weight_decay"]),
-        lr_step=int(train["lr_step"]),
-        lr_gamma=float(train["lr_gamma"]),
-        checkpoint_every=int(train["checkpoint_every"]),
-    )
+    model = build_model(settings.backbone, kwargs, settings.recipe, record["recipe_kwargs"], seed=settings.seed)
+    sampler = PatchSampler(training_set(settings.data), train.patch_size, train.batch_size, augment=train.augment)
     result = fit(
         model,
         sampler,
-        get_loss(train["loss"], paired=sampler.paired),
-        optim,
-        seed=int(settings["seed"]),
+        get_loss(train.loss, paired=sampler.paired),
+        train,
+        seed=settings.seed,
         noise=training_noise(settings, sampler.paired),
         checkpoint=checkpoint,
         meta=record,
-        device=resolve_device(device if device is not None else train.get("device")),
+        device=resolve_device(device if device is not None else train.device),
         progress=progress,
         snapshots=snapshots,
     )
@@ -321,9 +304,9 @@ def train_model(
 
 
 def evaluate_model(
-    model: nn.Module, settings: Mapping[str, Any], per_image: str | os.PathLike | None = None
+    model: nn.Module, settings: RunSettings, per_image: str | os.PathLike | None = None
 ) -> dict[str, Any]:
-    """PSNR/SSIM on every test set of ``settings["data"]["test"]`` under the published protocol.
+    """PSNR/SSIM on every test set of ``settings.data.test`` under the published protocol.
 
     Returns ``{"psnr_<set>": …, "ssim_<set>": …, "images_<set>": …, "test_<field>": …}``, the
     protocol fields prefixed ``test_``. ``per_image`` (a CSV path) keeps the per-image rows.
@@ -331,14 +314,12 @@ def evaluate_model(
     from .data import open_dataset
     from .protocol import TestProtocol, evaluate, summarize
 
-    data, test = settings["data"], settings["test"]
-    names = [data["test"]] if isinstance(data["test"], str) else list(data["test"])
-    protocol = TestProtocol(sigma=settings["noise"]["sigma"], seed=int(test["seed"]), seed_mode=test["seed_mode"])
+    data, test = settings.data, settings.test
+    protocol = TestProtocol(sigma=settings.noise.sigma, seed=test.seed, seed_mode=test.seed_mode)
     rows: list[dict[str, Any]] = []
-    for name in names:
-        dataset = open_dataset(name, data.get("data_root"), channels=data.get("channels"))
-        limit = int(test["max_images"]) if test.get("max_images") else None
-        rows += evaluate(model, dataset, protocol, limit=limit)
+    for name in data.test:
+        dataset = open_dataset(name, data.data_root, channels=data.channels)
+        rows += evaluate(model, dataset, protocol, limit=test.max_images or None)
     out: dict[str, Any] = {}
     for summary in summarize(rows):
         name = summary.pop("set")
@@ -357,7 +338,7 @@ def evaluate_model(
 
 def test_model(
     model: nn.Module,
-    settings: Mapping[str, Any],
+    settings: RunSettings,
     checkpoint: str | os.PathLike | None = None,
     per_image: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
@@ -370,7 +351,7 @@ def test_model(
     """
     from .batchnorm import recalibrate_for_test
 
-    layers = recalibrate_for_test(model, settings) if settings["test"].get("recalibrate_bn") else 0
+    layers = recalibrate_for_test(model, settings) if settings.test.recalibrate_bn else 0
     if layers and checkpoint is not None and Path(checkpoint).is_file():
         norms = {name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
         buffers = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.rpartition(".")[0] in norms
@@ -378,14 +359,14 @@ def test_model(
         state = load_checkpoint(checkpoint)
         save_checkpoint(checkpoint, {**state, "tested_buffers": buffers})
     metrics = evaluate_model(model.eval(), settings, per_image)
-    return {"bn_recalibrated": bool(layers), "bn_batches": int(settings["test"]["bn_batches"]) if layers else 0, **metrics}
+    return {"bn_recalibrated": bool(layers), "bn_batches": settings.test.bn_batches if layers else 0, **metrics}
 
 
-def measure_model(model: nn.Module, measure: Mapping[str, Any], in_channels: int) -> dict[str, Any]:
+def measure_model(model: nn.Module, measure: Measure, in_channels: int) -> dict[str, Any]:
     """Parameters and MACs (``dynfilter.complexity.profile``) and the median latency of one forward pass."""
     from dynfilter.complexity import measure_latency, profile
 
-    h, w = (int(s) for s in measure["size"])
+    h, w = measure.size
     size = (1, in_channels, h, w)
     cost = profile(model, size)
     device = next(model.parameters()).device
@@ -397,8 +378,7 @@ def measure_model(model: nn.Module, measure: Mapping[str, Any], in_channels: int
 
     model.eval()
     latency = measure_latency(
-        forward, x, runs=int(measure["latency_repeats"]), warmup=int(measure["latency_warmup"]),
-        threads=measure.get("latency_threads"),
+        forward, x, runs=measure.latency_repeats, warmup=measure.latency_warmup, threads=measure.latency_threads
     )
     return {
         "params": cost.params,
@@ -408,6 +388,18 @@ def measure_model(model: nn.Module, measure: Mapping[str, Any], in_channels: int
         "latency_threads": latency.threads,
         "latency_device": latency.device,
     }
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Within the block torch uses ``threads`` CPU threads (``None``: as it is); restored afterwards."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def versions() -> dict[str, str]:
@@ -426,8 +418,8 @@ def versions() -> dict[str, str]:
 
 
 def execute(
-    settings: Mapping[str, Any],
-    measure: Mapping[str, Any],
+    settings: RunSettings,
+    measure: Measure,
     run_dir: str | os.PathLike,
     *,
     progress: bool | None = None,
@@ -437,42 +429,45 @@ def execute(
 ) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``, then test and measure it; returns its result row.
 
-    ``run_dir`` receives ``checkpoint.pt`` (the resume point, and what ``dynfilter denoise`` reads)
-    and ``images.csv`` (per-image test rows); ``snapshots`` and ``branch_sources`` as in :func:`train_model`.
+    Training and testing use ``train.threads`` CPU threads when set. ``run_dir`` receives
+    ``checkpoint.pt`` (the resume point, and what ``dynfilter denoise`` reads) and ``images.csv``
+    (per-image test rows); ``snapshots`` and ``branch_sources`` as in :func:`train_model`.
     """
     run_dir = Path(run_dir)
     checkpoint = run_dir / "checkpoint.pt"
-    model, result = train_model(settings, checkpoint, progress=progress, meta=meta, snapshots=snapshots,
-                                branch_sources=branch_sources)
-    tic = time.perf_counter()
-    metrics = test_model(model, settings, checkpoint, run_dir / "images.csv")
-    eval_seconds = time.perf_counter() - tic
+    train = settings.train
+    with cpu_threads(train.threads):
+        threads = torch.get_num_threads()
+        model, result = train_model(settings, checkpoint, progress=progress, meta=meta, snapshots=snapshots,
+                                    branch_sources=branch_sources)
+        tic = time.perf_counter()
+        metrics = test_model(model, settings, checkpoint, run_dir / "images.csv")
+        eval_seconds = time.perf_counter() - tic
     cost = measure_model(model, measure, model_kwargs(settings)["in_channels"])
-    train = settings["train"]
+    paired = isinstance(settings.data.train, Mapping)
     return {
-        "backbone": settings["backbone"],
-        "variant": settings.get("variant", "baseline"),
-        "recipe": settings.get("recipe") or "",
-        "recipe_kwargs": json.dumps(settings.get("recipe_kwargs") or {}, sort_keys=True),
+        "backbone": settings.backbone,
+        "variant": settings.variant,
+        "recipe": settings.recipe or "",
+        "recipe_kwargs": json.dumps(settings.recipe_kwargs, sort_keys=True),
         "model_kwargs": json.dumps(model_kwargs(settings), sort_keys=True),
-        "protocol": settings.get("protocol") or "scratch",
-        "branch_at": settings.get("branch_at") if settings.get("branch_at") is not None else "",
-        "seed": settings["seed"],
-        "train_data": json.dumps(settings["data"]["train"]) if isinstance(settings["data"]["train"], Mapping)
-        else settings["data"]["train"],
-        "sigma": settings["noise"]["sigma"],
+        "protocol": settings.protocol,
+        "branch_at": settings.branch_at if settings.branch_at is not None else "",
+        "seed": settings.seed,
+        "train_data": json.dumps(settings.data.train) if paired else settings.data.train,
+        "sigma": settings.noise.sigma,
         "iterations": result.iterations,
-        "batch_size": train["batch_size"],
-        "patch_size": train["patch_size"],
-        "lr": train["lr"],
-        "lr_step": train["lr_step"],
-        "lr_gamma": train["lr_gamma"],
-        "loss": loss_name(train["loss"], paired=isinstance(settings["data"]["train"], Mapping)),
+        "batch_size": train.batch_size,
+        "patch_size": train.patch_size,
+        "lr": train.lr,
+        "lr_step": train.lr_step,
+        "lr_gamma": train.lr_gamma,
+        "loss": loss_name(train.loss, paired=paired),
         "final_loss": result.final_loss,
         "train_seconds": result.train_seconds,
         "train_seconds_spent": result.spent_seconds,
         "eval_seconds": eval_seconds,
-        "train_threads": torch.get_num_threads(),
+        "train_threads": threads,
         **metrics,
         **cost,
         **versions(),

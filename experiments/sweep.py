@@ -40,18 +40,21 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ._io import atomic_write, try_file_lock
-from .config import SECTIONS, set_path
 from .checkpoint import snapshot_path
+from .config import set_path
 from .run import PAIR_FREE, canonical, check_protocol, settings_hash
+from .settings import RUN_SECTIONS, Measure, RunSettings, plain, section
 
 __all__ = [
     "Run",
     "ABBREVIATIONS",
+    "make_run",
     "expand",
     "parse_shard",
     "select_runs",
     "run_status",
     "warm_start",
+    "keep_config",
     "run_sweep",
 ]
 
@@ -68,7 +71,7 @@ ABBREVIATIONS: dict[str, str] = {
     "patch_size": "p",
 }
 
-_AXIS_ROOTS: tuple[str, ...] = ("model", "recipe_kwargs") + SECTIONS
+_AXIS_ROOTS: tuple[str, ...] = ("model", "recipe_kwargs") + RUN_SECTIONS
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class Run:
 
     >>> from experiments.config import load_config, study_config
     >>> run = expand(study_config(load_config("smoke"), "dncnn")[1])[1]
-    >>> run.axes, run.settings["recipe"]
+    >>> run.axes, run.settings.recipe
     ({'depth': 3, 'channels': 8}, 'dncnn_dconv')
     """
 
@@ -125,10 +128,32 @@ def _axis_path(axis: str) -> str:
     return axis
 
 
+def make_run(settings: RunSettings, study: str = "", axes: Mapping[str, Any] | None = None) -> Run:
+    """The :class:`Run` of ``settings``: its id (from the grid ``axes`` it sits at) and its linking hashes.
+
+    >>> make_run(RunSettings("dncnn", model={"depth": 5}), axes={"depth": 5}).id.rsplit("-", 1)[0]
+    'dncnn-d5-baseline-s0'
+    """
+    axes = dict(axes or {})
+    plain = settings.to_dict()
+    digest = settings_hash(plain)
+    tokens = [_token(a, v) for a, v in axes.items() if a != "seed"]
+    run_id = "-".join([settings.backbone, *tokens, settings.variant, f"s{settings.seed}", digest])
+    run_id = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+    return Run(
+        run_id, study, axes, settings,
+        pair=settings_hash(plain, drop=PAIR_FREE),
+        cell=settings_hash(plain, drop=("seed",)),
+        config_hash=digest,
+        trajectory=settings_hash(plain, drop=("train.iterations",)),
+    )
+
+
 def expand(study: Mapping[str, Any]) -> list[Run]:
     """All runs of a study (from :func:`experiments.config.study_config`): grid × variants × seeds.
 
     Axes under ``recipe_kwargs.`` do not apply to variants without a recipe; those runs appear once.
+    Every run's settings are checked (:class:`~experiments.settings.RunSettings`), grid values included.
 
     >>> from experiments.config import load_config, study_config
     >>> runs = expand(study_config(load_config("smoke"), "dncnn")[1])
@@ -143,7 +168,6 @@ def expand(study: Mapping[str, Any]) -> list[Run]:
         point = dict(zip(grid, values))
         for variant, spec in study["variants"].items():
             recipe = spec.get("recipe")
-            protocol, branch_at = spec.get("protocol") or "scratch", spec.get("branch_at")
             for seed in seeds:
                 settings: dict[str, Any] = {
                     "backbone": study["backbone"],
@@ -151,10 +175,10 @@ def expand(study: Mapping[str, Any]) -> list[Run]:
                     "variant": variant,
                     "recipe": recipe,
                     "recipe_kwargs": copy.deepcopy(dict(spec.get("recipe_kwargs") or {})),
-                    "protocol": protocol,
-                    "branch_at": branch_at,
+                    "protocol": spec.get("protocol") or "scratch",
+                    "branch_at": spec.get("branch_at"),
                     "seed": seed,
-                    **{section: copy.deepcopy(dict(study[section])) for section in SECTIONS if section != "measure"},
+                    **{section: copy.deepcopy(dict(study[section])) for section in RUN_SECTIONS},
                 }
                 axes = {}
                 for axis, value in point.items():
@@ -165,18 +189,14 @@ def expand(study: Mapping[str, Any]) -> list[Run]:
                     else:
                         set_path(settings, paths[axis], value)
                     axes[axis] = value
-                if not isinstance(settings["seed"], int) or isinstance(settings["seed"], bool):
-                    raise ValueError(f"seeds must be integers, got {settings['seed']!r}")
-                check_protocol(settings, f"study {study['name']!r} variant {variant!r}")
-                digest = settings_hash(settings)
-                tokens = [_token(a, v) for a, v in axes.items() if a != "seed"]
-                run_id = "-".join([settings["backbone"], *tokens, variant, f"s{settings['seed']}", digest])
-                run_id = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
-                pair = settings_hash(settings, drop=PAIR_FREE)
-                cell = settings_hash(settings, drop=("seed",))
-                trajectory = settings_hash(settings, drop=("train.iterations",))
-                if run_id not in runs:
-                    runs[run_id] = Run(run_id, study["name"], axes, settings, pair, cell, digest, trajectory)
+                where = f"study {study['name']!r} variant {variant!r}"
+                try:
+                    typed = RunSettings.from_dict(settings)
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+                check_protocol(typed, where)
+                run = make_run(typed, study["name"], axes)
+                runs.setdefault(run.id, run)
     return list(runs.values())
 
 
@@ -227,7 +247,7 @@ def run_status(run: Run, out: str | Path, finished: set[str]) -> str:
 
         try:
             state = load_checkpoint(ckpt)
-            return f"partial ({state['iteration']}/{run.settings['train']['iterations']})"
+            return f"partial ({state['iteration']}/{run.settings.train.iterations})"
         except ValueError:
             return "partial (unreadable checkpoint)"
     return "pending"
@@ -257,13 +277,13 @@ def warm_start(run: Run, pool: Iterable[Run], out: str | Path, finished: set[str
         str | None: the id of the twin continued from, or ``None``.
     """
     out = Path(out)
-    target = int(run.settings["train"]["iterations"])
+    target = run.settings.train.iterations
     own = _checkpoint_iteration(_run_dir(out, run) / "checkpoint.pt")
     twins = sorted(
-        (int(r.settings["train"]["iterations"]), r.id, r)
+        (r.settings.train.iterations, r.id, r)
         for r in pool
         if r.trajectory == run.trajectory and r.id != run.id and r.id in finished
-        and own < int(r.settings["train"]["iterations"]) < target
+        and own < r.settings.train.iterations < target
     )
     for iterations, _, twin in reversed(twins):
         source = _run_dir(out, twin) / "checkpoint.pt"
@@ -280,20 +300,35 @@ def _partners(run: Run, pool: list[Run]) -> list[Run]:
     The paired baseline and its twins at other budgets: same settings as the baseline of ``run`` except
     ``train.iterations``.
     """
-    if run.settings.get("protocol") != "warm_start":
+    if run.settings.protocol != "warm_start":
         return []
     lineage = settings_hash(run.settings, drop=(*PAIR_FREE, "train.iterations"))
-    return [r for r in pool if not r.settings.get("recipe") and r.settings.get("protocol", "scratch") == "scratch"
+    return [r for r in pool if not r.settings.recipe and r.settings.protocol == "scratch"
             and settings_hash(r.settings, drop=(*PAIR_FREE, "train.iterations")) == lineage
-            and int(r.settings["train"]["iterations"]) >= int(run.settings["branch_at"])]
+            and r.settings.train.iterations >= run.settings.branch_at]
+
+
+def keep_config(out: Path, study: Mapping[str, Any] | None, runs: list[Run], measure: Measure) -> Path:
+    """Write the config a sweep ran with to ``<out>/configs/<study>-<hash>.yaml`` (once per distinct text)."""
+    from .config import dump_config
+
+    name = study["name"] if study is not None else runs[0].study or "runs"
+    content = {"study": name, **{k: plain(v) for k, v in study.items() if k != "name"}} if study is not None else {
+        "study": name, "measure": plain(measure), "runs": {r.id: r.settings.to_dict() for r in runs}}
+    text = dump_config(content)
+    path = out / "configs" / f"{name}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.yaml"
+    if not path.is_file():
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
 
 
 def run_sweep(
     runs: list[Run],
     out: str | Path,
-    measure: Mapping[str, Any],
+    measure: Measure | Mapping[str, Any],
     *,
     pool: Iterable[Run] | None = None,
+    study: Mapping[str, Any] | None = None,
     continue_budgets: bool = True,
     progress: bool | None = None,
     log: Any = print,
@@ -303,9 +338,11 @@ def run_sweep(
     Args:
         runs: the runs to do, in order.
         out: the results folder.
-        measure: the ``measure`` section (MACs and latency input).
+        measure: the ``measure`` section (MACs and latency input), typed or as a mapping.
         pool: where to look for shorter-budget twins to continue (see :func:`warm_start`); defaults to
             ``runs``. Pass the whole study when ``runs`` is a shard.
+        study: the resolved study config (:func:`experiments.config.study_config`); a copy is kept in
+            ``<out>/configs/<study>-<hash>.yaml``. Without it, the settings of ``runs`` are kept there.
         continue_budgets: continue shorter-budget twins; ``False`` trains every run from step 0.
         progress: tqdm bars (``None``: when stderr is a terminal).
         log: where progress lines go.
@@ -314,12 +351,14 @@ def run_sweep(
         dict: ids by outcome, ``{"done": [...], "skipped": [...], "busy": [...]}`` (skipped: finished
         before; busy: claimed by another process).
     """
+    from .gains import summary_text
     from .results import ResultsTable
     from .run import execute
 
-    from .gains import summary_text
-
     out = Path(out)
+    measure = measure if isinstance(measure, Measure) else section(Measure, measure)
+    if runs:
+        keep_config(out, study, runs, measure)
     table = ResultsTable(out)
     pool = list(runs if pool is None else pool)
     outcome: dict[str, list[str]] = {"done": [], "skipped": [], "busy": []}
@@ -328,9 +367,9 @@ def run_sweep(
     sources: dict[str, list[Path]] = {}
     for run in pool:
         for base in _partners(run, pool):
-            snapshots.setdefault(base.id, set()).add(int(run.settings["branch_at"]))
+            snapshots.setdefault(base.id, set()).add(run.settings.branch_at)
             sources.setdefault(run.id, []).append(snapshot_path(_run_dir(out, base) / "checkpoint.pt",
-                                                                run.settings["branch_at"]))
+                                                                run.settings.branch_at))
     for n, run in enumerate(runs, 1):
         if run.id in table.ids():
             outcome["skipped"].append(run.id)

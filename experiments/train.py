@@ -34,6 +34,7 @@ from torch import nn
 
 from . import ddp
 from .checkpoint import load_checkpoint, save_checkpoint, snapshot_path
+from .settings import Train
 
 __all__ = [
     "LOSSES",
@@ -44,7 +45,6 @@ __all__ = [
     "get_loss",
     "dihedral",
     "PatchSampler",
-    "TrainSettings",
     "TrainResult",
     "fit",
     "carry_optimizer_state",
@@ -180,43 +180,6 @@ class PatchSampler:
 
 
 @dataclass
-class TrainSettings:
-    """Optimisation settings (defaults: the published colour AWGN training, spec §8a).
-
-    Args:
-        iterations (int): training steps.
-        lr (float): Adam's initial learning rate.
-        betas (tuple[float, float]): Adam's β₁, β₂.
-        eps (float): Adam's ε.
-        weight_decay (float): Adam's L2 weight decay.
-        lr_step (int): the learning rate is multiplied by ``lr_gamma`` every ``lr_step`` steps.
-        lr_gamma (float): the decay factor.
-        checkpoint_every (int): steps between checkpoints (one is always written at the end).
-
-    >>> TrainSettings(iterations=10, lr_step=4).betas
-    (0.9, 0.999)
-    """
-
-    iterations: int
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    lr_step: int = 200_000
-    lr_gamma: float = 0.5
-    checkpoint_every: int = 200
-
-    def __post_init__(self) -> None:
-        if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        if self.lr_step < 1 or self.checkpoint_every < 1:
-            raise ValueError(f"lr_step and checkpoint_every must be >= 1, got {self.lr_step} and {self.checkpoint_every}")
-        if not (self.lr > 0 and 0 < self.lr_gamma <= 1):
-            raise ValueError(f"need lr > 0 and 0 < lr_gamma <= 1, got {self.lr} and {self.lr_gamma}")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-
-
-@dataclass
 class TrainResult:
     """What :func:`fit` reports: steps done, seconds spent (over all resumptions), the last loss.
 
@@ -246,7 +209,7 @@ def fit(
     model: nn.Module,
     sampler: PatchSampler,
     loss: Loss,
-    settings: TrainSettings,
+    settings: Train,
     *,
     seed: int,
     noise: Callable[..., torch.Tensor] | None = None,
@@ -267,7 +230,8 @@ def fit(
         model: the network, ``Tensor[B, C, H, W] → Tensor[B, C, H, W]``.
         sampler: training patches.
         loss: ``loss(output, clean) → scalar``.
-        settings: optimiser and schedule.
+        settings: the training settings; :func:`fit` reads the optimiser, schedule, iterations and
+            checkpoint frequency (the sampler already holds the patch and batch sizes).
         seed: seeds the data stream (the model is assumed already initialised from it).
         noise: the synthetic noise; ``None`` for paired samplers.
         checkpoint: file to resume from and write to (atomically, every ``checkpoint_every`` steps and
@@ -293,7 +257,7 @@ def fit(
     model.to(device)
     stream = torch.Generator().manual_seed(seed + STREAM_SEED_OFFSET)
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay
+        model.parameters(), lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps, weight_decay=settings.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
     start, seconds, spent, last_loss = 0, 0.0, 0.0, math.nan

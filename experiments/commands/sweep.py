@@ -53,12 +53,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import hashlib
     from pathlib import Path
 
-    import torch
-
-    from experiments.config import config_from_args, dump_config, set_path, study_config
+    from experiments.config import config_from_args, set_path, study_config
     from experiments.results import ResultsTable
     from experiments.sweep import expand, parse_shard, run_status, run_sweep, select_runs
 
@@ -86,16 +83,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{len(chosen)} of {len(runs)} runs of study {name!r}; results folder {out}")
         return {"runs": statuses}
 
-    text = dump_config({"study": name, **study})
-    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "configs").mkdir(exist_ok=True)
-    (out / "configs" / f"{name}-{digest}.yaml").write_text(text)
-    if study["train"].get("threads"):
-        torch.set_num_threads(int(study["train"]["threads"]))
     print(f"study {name!r}: {len(chosen)} of {len(runs)} runs -> {out}")
     outcome = run_sweep(
-        chosen, out, study["measure"], pool=runs, continue_budgets=args.continue_budgets,
+        chosen, out, study["measure"], pool=runs, study=study, continue_budgets=args.continue_budgets,
         progress=False if args.no_progress else None,
     )
     print(f"{len(outcome['done'])} run(s) finished now, {len(outcome['skipped'])} already done, "

@@ -62,15 +62,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import json
     from pathlib import Path
 
-    import torch
-
     from experiments import ddp
-    from experiments.config import SECTIONS, config_from_args, dump_config
-    from experiments.run import model_kwargs, test_model, train_model
-    from experiments.sweep import expand
+    from experiments.config import config_from_args
+    from experiments.run import cpu_threads
+    from experiments.settings import RUN_SECTIONS, SECTIONS, RunSettings, section
+    from experiments.sweep import make_run
 
     from ._args import parse_kwargs
 
@@ -81,43 +79,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recipe_kwargs = parse_kwargs(args.recipe_kwargs)
     if recipe_kwargs and not args.recipe:
         raise ValueError("--recipe-kwargs needs --recipe")
-    study = {
-        "name": "train",
-        "backbone": args.model,
-        "model": parse_kwargs(args.kwargs),
-        "grid": {},
-        "variants": {args.recipe or "baseline": {"recipe": args.recipe, "recipe_kwargs": recipe_kwargs}},
-        "seeds": [seed],
-        **{s: config[s] for s in SECTIONS},
-    }
-    (spec,) = expand(study)
+    settings = RunSettings(
+        backbone=args.model,
+        model=parse_kwargs(args.kwargs),
+        variant=args.recipe or "baseline",
+        recipe=args.recipe,
+        recipe_kwargs=recipe_kwargs,
+        seed=seed,
+        **{name: section(SECTIONS[name], config[name]) for name in RUN_SECTIONS},
+    )
+    spec = make_run(settings, "train")
     out = Path(args.out) if args.out else Path("runs") / spec.id
     rank, world = ddp.setup()
     try:
-        if config["train"]["threads"]:
-            torch.set_num_threads(int(config["train"]["threads"]))
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "settings.yaml").write_text(dump_config({"id": spec.id, **spec.settings}))
-            print(f"run {spec.id} -> {out}" + (f" ({world} processes)" if world > 1 else ""))
-        model, result = train_model(
-            spec.settings, out / "checkpoint.pt", progress=False if args.no_progress else None, meta={"run_id": spec.id}
-        )
-        summary: dict[str, Any] = {"id": spec.id, "checkpoint": str(out / "checkpoint.pt"),
-                                   "iterations": result.iterations, "final_loss": result.final_loss,
-                                   "train_seconds": result.train_seconds}
-        if rank == 0:
-            print(f"trained {result.iterations} iterations in {result.train_seconds:.1f} s "
-                  f"(resumed at {result.resumed_from}); final loss {result.final_loss:.4g}")
-            if not args.no_eval:
-                metrics = test_model(model, spec.settings, out / "checkpoint.pt", out / "images.csv")
-                summary.update(metrics)
-                for key, value in metrics.items():
-                    if key.startswith("psnr_"):
-                        print(f"  {key[5:]}: PSNR {value:.2f} dB, SSIM {metrics['ssim_' + key[5:]]:.4f}")
-            summary["model_kwargs"] = model_kwargs(spec.settings)
-            (out / "result.json").write_text(json.dumps(summary, indent=2, default=str))
-            print(f"checkpoint: {out / 'checkpoint.pt'}")
+        with cpu_threads(settings.train.threads):
+            summary = _train_and_test(spec, out, rank, world, args)
     finally:
         ddp.cleanup()
+    return summary
+
+
+def _train_and_test(spec: Any, out: Any, rank: int, world: int, args: argparse.Namespace) -> dict[str, Any]:
+    import json
+
+    from experiments.config import dump_config
+    from experiments.run import model_kwargs, test_model, train_model
+
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "settings.yaml").write_text(dump_config({"id": spec.id, **spec.settings.to_dict()}))
+        print(f"run {spec.id} -> {out}" + (f" ({world} processes)" if world > 1 else ""))
+    model, result = train_model(
+        spec.settings, out / "checkpoint.pt", progress=False if args.no_progress else None, meta={"run_id": spec.id}
+    )
+    summary: dict[str, Any] = {"id": spec.id, "checkpoint": str(out / "checkpoint.pt"),
+                               "iterations": result.iterations, "final_loss": result.final_loss,
+                               "train_seconds": result.train_seconds}
+    if rank == 0:
+        print(f"trained {result.iterations} iterations in {result.train_seconds:.1f} s "
+              f"(resumed at {result.resumed_from}); final loss {result.final_loss:.4g}")
+        if not args.no_eval:
+            metrics = test_model(model, spec.settings, out / "checkpoint.pt", out / "images.csv")
+            summary.update(metrics)
+            for key, value in metrics.items():
+                if key.startswith("psnr_"):
+                    print(f"  {key[5:]}: PSNR {value:.2f} dB, SSIM {metrics['ssim_' + key[5:]]:.4f}")
+        summary["model_kwargs"] = model_kwargs(spec.settings)
+        (out / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+        print(f"checkpoint: {out / 'checkpoint.pt'}")
     return summary

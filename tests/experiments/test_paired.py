@@ -32,7 +32,7 @@ def _study(seeds=(0,), iterations=5, variants=None, depth=(4,)):
 
 def _arms(runs, seed=0):
     """``{variant: settings}`` of the runs of one seed."""
-    return {r.settings["variant"]: r.settings for r in runs if r.settings["seed"] == seed}
+    return {r.settings.variant: r.settings for r in runs if r.settings.seed == seed}
 
 
 @pytest.mark.parametrize("backbone, kwargs, recipe", [
@@ -86,7 +86,7 @@ def test_arms_see_the_same_training_patches(monkeypatch, tmp_path):
     arms = _arms(runs)
     base = _streams(monkeypatch, tmp_path, arms["baseline"], "base")
     enhanced = _streams(monkeypatch, tmp_path, arms["dconv"], "dconv")
-    assert len(base["clean"]) == arms["baseline"]["train"]["iterations"] == len(enhanced["clean"])
+    assert len(base["clean"]) == arms["baseline"].train.iterations == len(enhanced["clean"])
     assert all(torch.equal(a, b) for a, b in zip(base["clean"], enhanced["clean"]))
     other_seed = _streams(monkeypatch, tmp_path, _arms(runs, seed=1)["dconv"], "other")
     assert not torch.equal(other_seed["clean"][0], base["clean"][0]), "another seed must draw other patches"
@@ -117,7 +117,7 @@ def test_arms_reestimate_batchnorm_on_the_same_batches(monkeypatch):
             return original(model, batches)
 
         monkeypatch.setattr(batchnorm, "recalibrate_batchnorm", record)
-        model = build_model("dncnn", run_mod.model_kwargs(settings), settings["recipe"], settings["recipe_kwargs"], seed=0)
+        model = build_model("dncnn", run_mod.model_kwargs(settings), settings.recipe, settings.recipe_kwargs, seed=0)
         assert batchnorm.recalibrate_for_test(model, settings) > 0
     assert len(inputs["baseline"]) == 2
     assert all(torch.equal(a, b) for a, b in zip(inputs["baseline"], inputs["dconv"]))
@@ -167,8 +167,8 @@ def test_warm_start_reuses_the_baseline_snapshot_and_matches_retraining(tmp_path
     study = _study(seeds=(0,), variants={"baseline": {}, "warm": WARM})
     runs = expand(study)
     run_sweep(runs, tmp_path / "a", study["measure"], progress=False, log=lambda *a: None)
-    base_id = next(r.id for r in runs if r.settings["variant"] == "baseline")
-    warm_id = next(r.id for r in runs if r.settings["variant"] == "warm")
+    base_id = next(r.id for r in runs if r.settings.variant == "baseline")
+    warm_id = next(r.id for r in runs if r.settings.variant == "warm")
     snap = snapshot_path(tmp_path / "a" / "runs" / base_id / "checkpoint.pt", 3)
     assert snap.is_file() and load_checkpoint(snap)["iteration"] == 3
     # The warm run started from that snapshot instead of retraining: its branch file is a copy of it.

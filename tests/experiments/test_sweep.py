@@ -27,12 +27,12 @@ def _study(overrides=(), name="dncnn"):
 def test_paper_grids_expand_to_the_figure_7_runs():
     for preset in ("quick", "standard", "paper"):
         dncnn = expand(study_config(load_config(preset), "dncnn")[1])
-        points = {(r.settings["model"]["depth"], r.settings["model"]["channels"], r.settings["recipe"]) for r in dncnn}
+        points = {(r.settings.model["depth"], r.settings.model["channels"], r.settings.recipe) for r in dncnn}
         # The demo covers depth 5 and 10 at width 32 (docs/extension-study.md says why); the others the whole grid.
         depths, widths = ((5, 10), (32,)) if preset == "quick" else ((5, 10, 15), (32, 64))
         assert points == {(d, c, v) for d in depths for c in widths for v in (None, "dncnn_dconv")}
         rdn = expand(study_config(load_config(preset), "rdn")[1])
-        points = {(r.settings["model"]["num_blocks"], r.settings["model"]["channels"], r.settings["recipe"]) for r in rdn}
+        points = {(r.settings.model["num_blocks"], r.settings.model["channels"], r.settings.recipe) for r in rdn}
         assert points == {(b, c, v) for b in (3, 6, 9) for c in (16, 32) for v in (None, "rdn_mdcb")}
 
 
@@ -59,23 +59,23 @@ def test_pairs_and_cells_link_variants_and_seeds():
     for r in runs:
         partners = [o for o in runs if o.pair == r.pair and o is not r]
         assert len(partners) == 1
-        assert partners[0].settings["seed"] == r.settings["seed"]
-        assert partners[0].settings["variant"] != r.settings["variant"]
+        assert partners[0].settings.seed == r.settings.seed
+        assert partners[0].settings.variant != r.settings.variant
         assert partners[0].axes == r.axes
         same_cell = [o for o in runs if o.cell == r.cell]
-        assert sorted(o.settings["seed"] for o in same_cell) == [0, 1]
+        assert sorted(o.settings.seed for o in same_cell) == [0, 1]
 
 
 def test_recipe_kwargs_iterations_and_seed_axes():
     grid = '{depth: [3], train.iterations: [2, 5], recipe_kwargs.kernel_size: [3, 5], seed: [0, 7]}'
     runs = expand(_study([f"studies.dncnn.grid={grid}"]))
-    base = [r for r in runs if r.settings["recipe"] is None]
-    enhanced = [r for r in runs if r.settings["recipe"]]
+    base = [r for r in runs if r.settings.recipe is None]
+    enhanced = [r for r in runs if r.settings.recipe]
     assert len(base) == 2 * 2 and len(enhanced) == 2 * 2 * 2, "baselines must not repeat per recipe argument"
     assert all("recipe_kwargs.kernel_size" not in r.axes for r in base)
-    assert {r.settings["recipe_kwargs"]["kernel_size"] for r in enhanced} == {3, 5}
-    assert {r.settings["train"]["iterations"] for r in runs} == {2, 5}
-    assert {r.settings["seed"] for r in runs} == {0, 7}
+    assert {r.settings.recipe_kwargs["kernel_size"] for r in enhanced} == {3, 5}
+    assert {r.settings.train.iterations for r in runs} == {2, 5}
+    assert {r.settings.seed for r in runs} == {0, 7}
     assert any("-it5-" in r.id and "-s7-" in r.id and "-kernel_size5-" in r.id for r in enhanced)
     # Every enhanced run finds its baseline.
     assert all(sum(b.pair == e.pair for b in base) == 1 for e in enhanced)
@@ -181,7 +181,7 @@ def test_sweep_command_runs_lists_and_resumes(tmp_path, capsys):
     out = tmp_path / "res"
     runs = expand(_study(["train.iterations=2"]))
     # A killed run: a checkpoint at iteration 1 of 2 in its folder.
-    partial = apply_overrides(runs[0].settings, ["train.iterations=1"])
+    partial = runs[0].settings.replace(**{"train.iterations": 1})
     run_mod.train_model(partial, out / "runs" / runs[0].id / "checkpoint.pt", progress=False)
     base = ["sweep", "dncnn", "--preset", "smoke", "--out", str(out), "--iters", "2", "--no-progress"]
     assert main([*base, "--list"]) == 0
@@ -244,13 +244,13 @@ def test_budget_preset_runs_short_budgets_first_on_one_trajectory_each():
     runs = expand(study_config(load_config("budget"), "dncnn")[1])
     seeds = load_config("budget")["seeds"]
     assert len(runs) == 3 * 2 * 3 * len(seeds)
-    budgets = [r.settings["train"]["iterations"] for r in runs]
+    budgets = [r.settings.train.iterations for r in runs]
     assert budgets == sorted(budgets) and set(budgets) == {600, 2000, 6000}, "all short budgets first"
-    inits = {r.settings["variant"]: r.settings["recipe_kwargs"].get("init") for r in runs}
+    inits = {r.settings.variant: r.settings.recipe_kwargs.get("init") for r in runs}
     assert inits == {"baseline": None, "dconv": "published", "dconv_identity": "identity"}
     # Each (depth, variant, seed) is one trajectory with three budgets on it.
     trajectories: dict = {}
     for r in runs:
-        trajectories.setdefault(r.trajectory, []).append(r.settings["train"]["iterations"])
+        trajectories.setdefault(r.trajectory, []).append(r.settings.train.iterations)
     assert len(trajectories) == 2 * 3 * len(seeds) and all(v == [600, 2000, 6000] for v in trajectories.values())
-    assert {r.settings["train"]["lr_step"] for r in runs} == {200_000}, "the paper's schedule: constant here"
+    assert {r.settings.train.lr_step for r in runs} == {200_000}, "the paper's schedule: constant here"

@@ -11,7 +11,8 @@ from experiments import checkpoint as ckpt_mod
 from experiments.checkpoint import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from experiments.cli import main
 from experiments.noise import GaussianNoise
-from experiments.train import PatchSampler, TrainSettings, charbonnier_loss, dihedral, fit, l2_loss, l2_sum_loss
+from experiments.settings import Train as TrainSettings
+from experiments.train import PatchSampler, charbonnier_loss, dihedral, fit, l2_loss, l2_sum_loss
 
 IMAGES = [torch.rand(3, 20, 23, generator=torch.Generator().manual_seed(i)) for i in range(3)]
 
