@@ -27,12 +27,12 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["profile", "Profile", "ModuleCost", "measure_latency", "Latency", "OP_HANDLES"]
+__all__ = ["profile", "Profile", "ModuleCost", "measure_latency", "Latency", "time_callables", "Timing", "OP_HANDLES"]
 
 
 def _shape(value: Any) -> list[int] | None:
@@ -222,6 +222,69 @@ class Latency:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: ``median`` over ``runs``, measured with ``threads`` intra-op threads."""
+
+    median: float
+    runs: tuple[float, ...]
+    threads: int
+
+    @property
+    def ms(self) -> float:
+        return self.median * 1e3
+
+
+def _sync(device: torch.device | str | None) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_callables(
+    fns: Mapping[str, Callable[[], object]],
+    repeat: int = 5,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+    settle: int = 0,
+) -> dict[str, Timing]:
+    """Median wall time of each callable, measured interleaved (one timed call of each per round).
+
+    The one timing helper of the project: :func:`measure_latency` and every ``dynfilter bench`` suite use
+    it. Interleaving makes a noisy neighbour slow every contender of a round alike, so ratios from one
+    run stay meaningful.
+
+    Args:
+        fns: name -> callable taking no arguments.
+        repeat: timed rounds (at least 1).
+        warmup: untimed rounds before them.
+        device: synchronised around each call when it is a CUDA device.
+        settle: untimed calls of a callable immediately before each of its timed calls, so that the
+            timed call sees the state (freed memory, caches) its own previous call left, not its rival's.
+
+    Returns:
+        name -> :class:`Timing`.
+
+    >>> t = time_callables({"noop": lambda: None}, repeat=3)["noop"]
+    >>> len(t.runs), t.threads == torch.get_num_threads()
+    (3, True)
+    """
+    if repeat < 1 or warmup < 0 or settle < 0:
+        raise ValueError(f"repeat must be >= 1, warmup and settle >= 0, got repeat={repeat}, warmup={warmup}, settle={settle}")
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(warmup + repeat):
+        for name, fn in fns.items():
+            for _ in range(settle if round_ >= warmup else 0):
+                fn()
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if round_ >= warmup:
+                runs[name].append(time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    return {name: Timing(statistics.median(r), tuple(r), threads) for name, r in runs.items()}
+
+
 def measure_latency(
     fn: Callable[..., Any],
     *args: Any,
@@ -230,7 +293,7 @@ def measure_latency(
     device: torch.device | str | None = None,
     threads: int | None = None,
 ) -> Latency:
-    """Time ``fn(*args)``: ``warmup`` untimed calls, then the median of ``runs`` timed calls.
+    """Time ``fn(*args)``: ``warmup`` untimed calls, then the median of ``runs`` timed calls (:func:`time_callables`).
 
     On CUDA each call is bracketed by ``torch.cuda.synchronize`` so that the kernels' time is
     included. Gradient mode is the caller's choice (wrap ``fn`` in ``torch.inference_mode`` to time
@@ -259,21 +322,12 @@ def measure_latency(
     if device is None:
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
     device = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        used_threads = torch.get_num_threads()
-        for _ in range(warmup):
-            fn(*args)
-        sync()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn(*args)
-            sync()
-            times.append((time.perf_counter() - start) * 1e3)
+        timing = time_callables({"fn": lambda: fn(*args)}, repeat=runs, warmup=warmup, device=device)["fn"]
     finally:
         torch.set_num_threads(old_threads)
-    return Latency(statistics.median(times), min(times), runs, warmup, used_threads, str(device), tuple(times))
+    times = tuple(t * 1e3 for t in timing.runs)
+    return Latency(timing.ms, min(times), runs, warmup, timing.threads, str(device), times)

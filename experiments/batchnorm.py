@@ -8,7 +8,7 @@ it before testing by default (``test.recalibrate_bn``, :func:`recalibrate_for_te
 the command below does it afterwards for every run of an older results folder and writes both PSNRs
 side by side:
 
-    python -m experiments.batchnorm results/budget --runs 'dncnn-it6000-*' --data-root /path/to/data
+    dynfilter batchnorm results/budget --runs 'dncnn-it6000-*' --data-root /path/to/data
 
 It writes ``<results>/batchnorm.csv``: ``id``, then ``psnr_<set>`` (as trained) and
 ``psnr_<set>_recalibrated`` per test set. Models without BatchNorm are skipped.
@@ -16,7 +16,6 @@ It writes ``<results>/batchnorm.csv``: ``id``, then ``psnr_<set>`` (as trained) 
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import os
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 
 from .settings import RunSettings
 
-__all__ = ["BN_SEED_OFFSET", "recalibrate_batchnorm", "noisy_batches", "recalibrate_for_test", "recalibrate_results", "main"]
+__all__ = ["BN_SEED_OFFSET", "recalibrate_batchnorm", "noisy_batches", "recalibrate_for_test", "recalibrate_results"]
 
 # The BatchNorm batches are drawn from seed + this, apart from the training stream (seed + 1,000,003).
 BN_SEED_OFFSET = 2_000_029
@@ -147,19 +146,9 @@ def recalibrate_results(
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m experiments.batchnorm RESULTS [--runs GLOB] [--batches N] [--data-root DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.batchnorm", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", help="a sweep's results folder")
-    parser.add_argument("--runs", default="*", help="glob over run ids (default: all)")
-    parser.add_argument("--batches", type=int, default=100, help="training batches to average over (default 100)")
-    parser.add_argument("--data-root", help="where the standard sets live (default: $DYNFILTER_DATA)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the batches drawn")
-    args = parser.parse_args(argv)
-    path = recalibrate_results(args.results, args.runs, args.batches, args.data_root, args.seed)
-    print(f"wrote {path}")
-    return 0
+if __name__ == "__main__":  # the same as `dynfilter batchnorm ...`
+    import sys
 
+    from .cli import main
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main(["batchnorm", *sys.argv[1:]]))

@@ -47,6 +47,16 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
 
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load`` with the safe loader (checkpoints hold containers, tensors and numbers only)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a corrupt or foreign file
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
@@ -55,13 +65,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ValueError: the file is not a dynfilter training checkpoint (the message names it and what is missing).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        # The checkpoint holds plain containers, tensors and numbers only, so the safe loader reads it.
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for a corrupt or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    state = _torch_load(path, map_location)
     missing = [k for k in _REQUIRED if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"{path} is not a dynfilter training checkpoint: it lacks {missing}")
@@ -119,23 +123,75 @@ def build_model(
     return recipes.get(recipe)(model, **dict(recipe_kwargs or {})).apply()
 
 
-def model_from_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", tested: bool = True
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model stored in a training checkpoint, in eval mode; returns ``(model, checkpoint)``.
+def _read_weights(path: Path, map_location: str | torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(metadata, state_dict)`` of a training checkpoint, a ``{"model": state_dict}`` dict or a bare state dict."""
+    state = _torch_load(path, map_location)
+    meta: dict[str, Any] = {}
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        meta, state = state, state["model"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds neither a state_dict nor a dict with a 'model' state_dict")
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel / DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return meta, state
 
-    The architecture comes from the checkpoint's ``model_name``/``model_kwargs`` and its surgery
-    ``recipe``; the weights are then loaded strictly. With ``tested`` (the default) the BatchNorm
-    statistics are those the run was tested with (``"tested_buffers"``, when re-estimated), so that
-    evaluating the model reproduces the run's results row; ``tested=False`` gives the weights as trained.
+
+def _check_fits(expected: Mapping[str, Any], given: Mapping[str, Any], what: str) -> None:
+    """Raise one readable ``ValueError`` naming a few missing, unexpected and mis-shaped keys."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
+              for k in expected if k in given and given[k].shape != expected[k].shape]
+    problems = [f"{len(items)} {label} (e.g. {', '.join(items[:3])})"
+                for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("keys with other shapes, checkpoint vs model", shapes)) if items]
+    if problems:
+        raise ValueError(f"{what}: {'; '.join(problems)}")
+
+
+def model_from_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    *,
+    tested: bool = True,
+    model_name: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint holds, in eval mode; returns ``(model, checkpoint)``.
+
+    The one loader of the project (``dynfilter eval``, ``denoise`` and the BatchNorm re-test use it). It
+    reads a training checkpoint (:func:`save_checkpoint`), a ``{"model": state_dict}`` dict or a bare
+    state dict; a ``module.`` prefix (DataParallel) is removed. The architecture is the checkpoint's
+    ``model_name``/``model_kwargs`` with its surgery ``recipe`` applied, or ``model_name``/``model_kwargs``
+    given here (needed for a bare state dict; naming another model than the checkpoint's drops its
+    recipe). Weights load strictly; a mismatch names the keys. With ``tested`` (the default) the
+    BatchNorm statistics are those the run was tested with (``"tested_buffers"``, when re-estimated),
+    so that evaluating the model reproduces the run's results row; ``tested=False`` gives the weights as
+    trained.
+
+    Returns:
+        (model, checkpoint): the checkpoint's dict (``{"model": …}`` for a bare state dict) with
+        ``model_name``, ``model_kwargs`` and ``recipe`` set to what was built.
     """
-    state = load_checkpoint(path, map_location)
-    model = build_model(state["model_name"], state["model_kwargs"], state.get("recipe"), state.get("recipe_kwargs"))
-    weights = dict(state["model"])
+    path = Path(path)
+    meta, weights = _read_weights(path, map_location)
+    recipe = meta.get("recipe")
+    if model_name is None:
+        model_name = meta.get("model_name")
+        if model_name is None:
+            raise ValueError(f"{path} does not record its model: pass --model NAME (and --kwargs if needed)")
+        if model_kwargs is None:
+            model_kwargs = meta.get("model_kwargs")
+    elif model_name != meta.get("model_name", model_name):
+        recipe = None  # another architecture was named; the checkpoint's surgery does not apply
+    elif model_kwargs is None:
+        model_kwargs = meta.get("model_kwargs")
+    model_kwargs = dict(model_kwargs or {})
+    model = build_model(model_name, model_kwargs, recipe, meta.get("recipe_kwargs") if recipe else None)
+    weights = dict(weights)
     if tested:
-        weights.update(state.get("tested_buffers") or {})
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"the weights in {path} do not fit the model they name ({state['model_name']}): {exc}") from exc
-    return model.to(map_location).eval(), state
+        weights.update(meta.get("tested_buffers") or {})
+    _check_fits(model.state_dict(), weights, f"the weights in {path} do not fit {model_name}({model_kwargs})")
+    model.load_state_dict(weights, strict=True)
+    info = {**meta, "model": weights, "model_name": model_name, "model_kwargs": model_kwargs, "recipe": recipe}
+    return model.to(map_location).eval(), info

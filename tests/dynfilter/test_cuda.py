@@ -16,7 +16,7 @@ import dynfilter
 from dynfilter import modulated_deform_conv2d, set_impls
 from dynfilter.ops import dynamic_filter_triton as _triton
 from dynfilter.functional import REFERENCE_IMPLS, dynamic_filter
-from experiments.benchmark import peak_memory
+from experiments.bench.harness import peak_memory
 
 from .test_deform_conv import MODEL_TOL, TOL, _randomise_offsets, assert_close_scaled, check_parity, make_case
 

@@ -14,7 +14,7 @@ from dynfilter.ops import dynamic_filter_native as _native
 from dynfilter.ops.dynamic_filter_unfold import dynamic_filter_unfold
 from dynfilter.layers._pointwise import pointwise_conv
 from dynfilter.functional import dynamic_filter
-from experiments.benchmark import peak_memory
+from experiments.bench.harness import peak_memory
 
 from .naive import dynamic_filter_loop
 

@@ -53,3 +53,24 @@ def test_no_batchnorm_and_no_batches():
     assert recalibrate_batchnorm(plain, iter(())) == 0
     with pytest.raises(ValueError, match="at least one batch"):
         recalibrate_batchnorm(_net(), [])
+
+
+def test_batchnorm_command_retests_a_results_folder(tmp_path, capsys):
+    import pandas as pd
+
+    from experiments.cli import main
+    from experiments.results import ResultsTable
+
+    common = ["--preset", "smoke", "--out", str(tmp_path), "--no-progress", "--set", "test.recalibrate_bn=false"]
+    assert main(["sweep", "dncnn", *common, "--set", "studies.dncnn.grid.depth=[3]"]) == 0
+    rows = ResultsTable(tmp_path).read().set_index("id")
+    assert not rows["bn_recalibrated"].any()
+    assert main(["batchnorm", str(tmp_path), "--batches", "3"]) == 0
+    assert "batchnorm.csv" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "batchnorm.csv").set_index("id")
+    assert sorted(table.index) == sorted(rows.index)
+    for run_id, row in table.iterrows():
+        assert row["psnr_builtin"] == rows.loc[run_id, "psnr_builtin"]  # the trained statistics, as in the row
+        assert row["psnr_builtin_recalibrated"] != row["psnr_builtin"]
+    assert main(["batchnorm", str(tmp_path), "--batches", "0"]) == 2
+    assert "--batches must be at least 1" in capsys.readouterr().err

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.bench_deform import deform_suite, model_suite
-from experiments.benchmark import SUITES, BenchConfig
+from experiments.bench.deform import deform_suite, model_suite
+from experiments.bench.harness import SUITES, BenchConfig
 
 QUICK = BenchConfig(repeat=1, warmup=0, quick=True)
 
 
 def test_suites_are_registered():
-    assert SUITES["deform"] == "experiments.bench_deform:deform_suite"
-    assert SUITES["model"] == "experiments.bench_deform:model_suite"
+    assert SUITES["deform"] == "experiments.bench.deform:deform_suite"
+    assert SUITES["model"] == "experiments.bench.deform:model_suite"
 
 
 def test_deform_suite_quick(one_thread):

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from experiments.benchmark import (
+from experiments.bench.harness import (
     BenchConfig,
     Section,
     copy_bandwidth,
@@ -16,9 +16,9 @@ from experiments.benchmark import (
     peak_memory,
     run_suites,
     streaming_bound,
-    time_callables,
     write_csv,
 )
+from dynfilter.complexity import time_callables
 from experiments.cli import main
 
 MIB = 1 << 20

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from experiments.cli import build_parser, main
-from experiments.commands._args import parse_kwargs
+from experiments.cli._args import parse_kwargs
 
 
 @pytest.mark.parametrize(

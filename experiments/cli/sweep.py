@@ -5,31 +5,29 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+from ._args import add_run_flags, run_flag_paths
+
+__all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
 
 DEFAULT_PRESET = "quick"
 
+_FLAGS = ("iters", "sigma", "data_root", "device", "threads")
 # CLI flag (argparse dest) -> path inside the study it overrides (after the study's own sections).
-SHORTCUTS = {
-    "iters": "train.iterations",
-    "sigma": "noise.sigma",
-    "data_root": "data.data_root",
-    "device": "train.device",
-    "threads": "train.threads",
-}
+SHORTCUTS = run_flag_paths(*_FLAGS)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+HELP = "run a study: backbone grid x {baseline, enhanced} x seeds, one results row per run"
+DESCRIPTION = (
+    "Train and test every run of STUDY (e.g. dncnn: depth x channels x {baseline, DConv}; rdn: "
+    "blocks x channels x {baseline, MDCB}) from a preset or your own config. Rows go to <out>/results.csv; "
+    "finished runs are skipped and killed runs resume from <out>/runs/<id>/checkpoint.pt. Several processes "
+    "may share <out> (each claims runs with a lock), e.g. one per --shard i/n."
+)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of this subcommand."""
     from experiments.config import add_config_arguments
-
-    parser = subparsers.add_parser(
-        "sweep",
-        help="run a study: backbone grid x {baseline, enhanced} x seeds, one results row per run",
-        description="Train and test every run of STUDY (e.g. dncnn: depth x channels x {baseline, DConv}; rdn: "
-        "blocks x channels x {baseline, MDCB}) from a preset or your own config. Rows go to <out>/results.csv; "
-        "finished runs are skipped and killed runs resume from <out>/runs/<id>/checkpoint.pt. Several processes "
-        "may share <out> (each claims runs with a lock), e.g. one per --shard i/n.",
-    )
     parser.add_argument("study", nargs="?", help="study name in the config (dncnn, rdn, ...); optional if it has one")
     add_config_arguments(parser, DEFAULT_PRESET)
     parser.add_argument("--out", help="results folder (default: results/<preset or config name>)")
@@ -37,19 +35,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--run", dest="run_ids", action="append", default=[], metavar="ID",
                         help="run only this id (repeatable)")
     parser.add_argument("--shard", metavar="I/N", help="run only shard I of N (0 <= I < N) of the sorted ids")
-    parser.add_argument("--iters", type=int, help="training iterations of every run")
-    parser.add_argument("--sigma", type=float, help="noise level (0-255 scale)")
+    add_run_flags(parser, *_FLAGS)
     parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
-    parser.add_argument("--data-root", help="folder holding the standard sets (or set DYNFILTER_DATA)")
-    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, help="CPU threads for training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--no-continue", dest="continue_budgets", action="store_false",
         help="train every run from step 0 instead of continuing the finished checkpoint of its shorter-budget twin",
     )
-    parser.set_defaults(run=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,26 +5,25 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._args import add_kwargs_argument, parse_kwargs
+from ._args import add_model_arguments, parse_kwargs
 
-__all__ = ["add_parser", "run", "module_summary"]
+__all__ = ["HELP", "DESCRIPTION", "arguments", "run", "module_summary"]
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "info",
-        help="print a model's module tree (type and parameters per module) and its parameter count",
-        description="Build a registered backbone and print its module tree summary and parameter count. "
-        "Without MODEL, list the registered models.",
-        epilog="example: dynfilter info dncnn --kwargs 'depth=5,channels=32'",
-    )
-    parser.add_argument("model", nargs="?", metavar="MODEL", help="registered model name, e.g. adfnet, dncnn, rdn")
-    add_kwargs_argument(parser)
+HELP = "print a model's module tree (type and parameters per module) and its parameter count"
+DESCRIPTION = (
+    "Build a registered backbone and print its module tree summary and parameter count. "
+    "Without MODEL, list the registered models."
+)
+EPILOG = "example: dynfilter info dncnn --kwargs 'depth=5,channels=32'"
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of this subcommand."""
+    add_model_arguments(parser, required=False)
     parser.add_argument(
         "--depth", type=int, default=1, help="levels of the module tree to show (default: 1, the top-level children)"
     )
-    parser.set_defaults(run=run)
-    return parser
 
 
 def module_summary(model: Any, depth: int = 1) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ the forward's peak memory next to the size of the sampled columns.
 the lean ones, on the same weights: a training step (forward, L1 loss, backward) on 16×3×128×128; and
 the lean model's inference on a 1×3×512×512 image by default, under bfloat16 autocast and compiled
 (options, for information). Inference against the reference ops is the ``adfnet`` suite
-(:mod:`experiments.bench_dynamic`). Each suite ends with its targets (issue 8) and whether this run
+(:mod:`experiments.bench.dynamic`). Each suite ends with its targets (issue 8) and whether this run
 meets them.
 """
 
@@ -26,8 +26,10 @@ from torch import nn
 
 import dynfilter
 from dynfilter import ops
+from dynfilter.complexity import time_callables
 
-from .benchmark import BenchConfig, Section, peak_memory, rounds_note, targets_section, time_callables
+from .harness import BenchConfig, Section, peak_memory, rounds_note, targets_section
+from .models import benchmark_adfnet
 
 __all__ = ["deform_suite", "model_suite", "DEFORM_SCALES"]
 
@@ -126,21 +128,6 @@ def deform_suite(config: BenchConfig) -> list[Section]:
     return [Section("Modulated deformable conv: time per call", rows, note=note), targets_section(rows, _DEFORM_TARGETS)]
 
 
-def _adfnet(config: BenchConfig) -> tuple[nn.Module, int, tuple[int, int]]:
-    """The model, the inference size and the training batch (B, size); offsets made non-zero."""
-    import backbones
-
-    if config.quick:
-        model, infer_size, train = backbones.build("adfnet", widths=(8, 8, 8, 16)), 32, (2, 16)
-    else:
-        model, infer_size, train = backbones.build("adfnet"), 512, (16, 128)
-    # Trained offsets move taps by pixels; zero-initialised ones would sample the grid points only.
-    for m in model.modules():
-        if isinstance(m, dynfilter.ModulatedDeformConv2d):
-            nn.init.normal_(m.conv_offset_mask.weight, std=0.01)
-    return model.to(config.device), infer_size, train
-
-
 def _autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
@@ -151,7 +138,7 @@ def model_suite(config: BenchConfig) -> list[Section]:
     The inference comparison with the reference ops is the ``adfnet`` suite's; it is not repeated here.
     """
     device = config.device
-    lean, infer_size, (train_b, train_size) = _adfnet(config)
+    lean, infer_size, (train_b, train_size) = benchmark_adfnet(config)
     reference = dynfilter.set_impls(copy.deepcopy(lean), **dynfilter.REFERENCE_IMPLS)
     repeat = min(config.repeat, 3)
 

@@ -2,7 +2,8 @@
 
 Method (also in ``docs/performance.md``):
 
-* **Time.** :func:`time_callables` runs the competing callables *interleaved* -- one call of each per
+* **Time.** :func:`dynfilter.complexity.time_callables` (the project's one timing helper) runs the
+  competing callables *interleaved* -- one call of each per
   round, after ``warmup`` rounds -- and reports the median over rounds with the thread count, so a
   noisy neighbour slows every contender of a round alike and ratios from one run stay meaningful.
   CUDA work is synchronised before each clock read. Each timed call is preceded by ``settle``
@@ -41,21 +42,19 @@ import io
 import math
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ._io import atomic_write
+from dynfilter.complexity import Timing, time_callables
+
+from .._io import atomic_write
 
 __all__ = [
     "BenchConfig",
     "Section",
-    "Timing",
     "SUITES",
-    "time_callables",
     "time_callable",
     "peak_memory",
     "copy_bandwidth",
@@ -72,10 +71,10 @@ __all__ = [
 
 # Suite name -> "module:function" returning list[Section]; imported only when run.
 SUITES: dict[str, str] = {
-    "dynamic": "experiments.bench_dynamic:dynamic_suite",
-    "adfnet": "experiments.bench_dynamic:adfnet_suite",
-    "deform": "experiments.bench_deform:deform_suite",
-    "model": "experiments.bench_deform:model_suite",
+    "dynamic": "experiments.bench.dynamic:dynamic_suite",
+    "adfnet": "experiments.bench.dynamic:adfnet_suite",
+    "deform": "experiments.bench.deform:deform_suite",
+    "model": "experiments.bench.deform:model_suite",
 }
 
 Row = dict[str, Any]
@@ -110,19 +109,6 @@ class Section:
     note: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """Seconds per call: ``median`` over ``runs``, measured with ``threads`` intra-op threads."""
-
-    median: float
-    runs: tuple[float, ...]
-    threads: int
-
-    @property
-    def ms(self) -> float:
-        return self.median * 1e3
-
-
 #: A target: (description, column, required value, "min" if larger is better else "max").
 Target = tuple[str, str, float, str]
 
@@ -144,52 +130,6 @@ def rounds_note(repeat: int, settle: int) -> str:
     if settle:
         note += f", each timed call right after {settle} untimed call{'s' if settle > 1 else ''} of itself"
     return note
-
-
-def _sync(device: torch.device | str | None) -> None:
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_callables(
-    fns: Mapping[str, Callable[[], object]],
-    repeat: int = 5,
-    warmup: int = 1,
-    device: torch.device | str | None = None,
-    settle: int = 0,
-) -> dict[str, Timing]:
-    """Median wall time of each callable, measured interleaved (one timed call of each per round).
-
-    Args:
-        fns: name -> callable taking no arguments.
-        repeat: timed rounds (at least 1).
-        warmup: untimed rounds before them.
-        device: synchronised around each call when it is a CUDA device.
-        settle: untimed calls of a callable immediately before each of its timed calls, so that the
-            timed call sees the state (freed memory, caches) its own previous call left, not its rival's.
-
-    Returns:
-        name -> :class:`Timing`.
-
-    >>> t = time_callables({"noop": lambda: None}, repeat=3)["noop"]
-    >>> len(t.runs), t.threads == torch.get_num_threads()
-    (3, True)
-    """
-    if repeat < 1 or warmup < 0 or settle < 0:
-        raise ValueError(f"repeat must be >= 1, warmup and settle >= 0, got repeat={repeat}, warmup={warmup}, settle={settle}")
-    runs: dict[str, list[float]] = {name: [] for name in fns}
-    for round_ in range(warmup + repeat):
-        for name, fn in fns.items():
-            for _ in range(settle if round_ >= warmup else 0):
-                fn()
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            if round_ >= warmup:
-                runs[name].append(time.perf_counter() - start)
-    threads = torch.get_num_threads()
-    return {name: Timing(statistics.median(r), tuple(r), threads) for name, r in runs.items()}
 
 
 def time_callable(

@@ -1,7 +1,9 @@
 """The ``dynfilter`` command line: one entry point, one module per subcommand.
 
-Each module in :mod:`experiments.commands` offers ``add_parser(subparsers)`` and ``run(args)``;
-parsing happens only in :func:`main` and heavy imports happen inside ``run``.
+Each subcommand module declares itself with ``HELP`` (one line for ``dynfilter --help``), ``DESCRIPTION``
+(and optionally ``EPILOG`` and ``PARSER_OPTIONS``), ``arguments(parser)`` (its options; shared ones come
+from :mod:`._args`) and ``run(args)``. :func:`build_parser` assembles them; parsing happens only in
+:func:`main` and heavy imports happen inside ``run``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Sequence
 
 __all__ = ["main", "build_parser"]
 
-# Subcommand name -> module under experiments.commands. Order is the order shown by --help.
-SUBCOMMANDS: tuple[str, ...] = ("info", "profile", "surgery", "train", "eval", "denoise", "sweep", "plot", "bench")
+# Subcommand name -> module of this package. Order is the order shown by --help.
+SUBCOMMANDS: tuple[str, ...] = (
+    "info", "profile", "surgery", "train", "eval", "denoise", "sweep", "plot", "batchnorm", "bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dynfilter {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        importlib.import_module(f"experiments.commands.{name}").add_parser(subparsers)
+        module = importlib.import_module(f"experiments.cli.{name}")
+        sub = subparsers.add_parser(
+            name, help=module.HELP, description=module.DESCRIPTION, epilog=getattr(module, "EPILOG", None),
+            **getattr(module, "PARSER_OPTIONS", {}),
+        )
+        module.arguments(sub)
+        sub.set_defaults(run=module.run)
     return parser
 
 
@@ -43,7 +53,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dynfilter {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+__all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
+
+HELP = "plot a results table: gain vs depth, PSNR vs MACs/params, markdown table"
+DESCRIPTION = (
+    "Read RESULTS (a results.csv written by `dynfilter sweep`, or its folder) and write "
+    "gain.png/.svg (PSNR(enhanced) - PSNR(baseline) vs depth or blocks, or the grid axis named by --x, one line "
+    "per value of the other axes and variant, one panel per backbone and test set), cost.png/.svg (PSNR vs MACs "
+    "and params), table.md and gains.csv. Gains are paired by seed and summarised over seeds as the mean with "
+    "its 95 % Student t interval and a verdict (gain, loss, or not resolved when the interval contains 0)."
+)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "plot",
-        help="plot a results table: gain vs depth, PSNR vs MACs/params, markdown table",
-        description="Read RESULTS (a results.csv written by `dynfilter sweep`, or its folder) and write "
-        "gain.png/.svg (PSNR(enhanced) - PSNR(baseline) vs depth or blocks, or the grid axis named by --x, one line "
-        "per value of the other axes and variant, one panel per backbone and test set), cost.png/.svg (PSNR vs MACs "
-        "and params), table.md and gains.csv. Gains are paired by seed and summarised over seeds as the mean with "
-        "its 95 % Student t interval and a verdict (gain, loss, or not resolved when the interval contains 0).",
-    )
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of this subcommand."""
     parser.add_argument("results", metavar="RESULTS", help="results.csv or the folder holding it")
     parser.add_argument("--out", help="output folder (default: <results folder>/plots)")
     parser.add_argument(
@@ -25,8 +26,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="grid axis on the gain plot's x axis, e.g. iterations for a budget study (default: the first axis)",
     )
     parser.add_argument("--print", dest="print_table", action="store_true", help="also print the markdown table")
-    parser.set_defaults(run=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

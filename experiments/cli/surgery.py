@@ -10,47 +10,38 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._args import add_kwargs_argument, parse_kwargs
+from ._args import add_model_arguments, add_recipe_arguments, parse_kwargs
 
-__all__ = ["add_parser", "run"]
-
-_RECIPES = "dncnn_dconv, rdn_mdcb, adfnet_ablation"
-
+__all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="registered model name, e.g. dncnn, rdn, adfnet")
-    parser.add_argument("--recipe", required=True, metavar="NAME", help=f"surgery recipe: {_RECIPES}")
-    add_kwargs_argument(parser)
-    parser.add_argument(
-        "--recipe-kwargs",
-        default="",
-        metavar="K=V[,K=V...]",
-        help="recipe arguments in the --kwargs syntax, e.g. 'variant=wo_dcb' for adfnet_ablation or "
-        "'n=3,offset_channels=16' for rdn_mdcb",
-    )
+    add_model_arguments(parser)
+    add_recipe_arguments(parser, required=True)
     parser.add_argument(
         "--weights", default=None, metavar="PATH", help="state dict to load (strictly) into MODEL before the surgery"
     )
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "surgery",
-        help="swap a backbone's static convs or blocks for dynamic ones with a recipe",
-        description="Print the plan a surgery recipe makes for a registered backbone (plan), or perform it and "
-        "save the rewritten model's state dict (apply).",
-        epilog="examples: dynfilter surgery plan dncnn --recipe dncnn_dconv --kwargs 'depth=17'\n"
-        "          dynfilter surgery apply adfnet --recipe adfnet_ablation --recipe-kwargs 'variant=wo_dcb' "
-        "--out wo_dcb.pt",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+HELP = "swap a backbone's static convs or blocks for dynamic ones with a recipe"
+DESCRIPTION = (
+    "Print the plan a surgery recipe makes for a registered backbone (plan), or perform it and "
+    "save the rewritten model's state dict (apply)."
+)
+EPILOG = (
+    "examples: dynfilter surgery plan dncnn --recipe dncnn_dconv --kwargs 'depth=17'\n"
+    "          dynfilter surgery apply adfnet --recipe adfnet_ablation --recipe-kwargs 'variant=wo_dcb' "
+    "--out wo_dcb.pt"
+)
+PARSER_OPTIONS = {"formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of this subcommand."""
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     _add_common(actions.add_parser("plan", help="print the plan; change nothing"))
     apply = actions.add_parser("apply", help="perform the plan and write the rewritten model's state dict")
     _add_common(apply)
     apply.add_argument("--out", required=True, metavar="PATH", help="where to write the state dict (torch.save)")
-    parser.set_defaults(run=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,26 +5,25 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._args import add_kwargs_argument, parse_kwargs
+from ._args import add_model_arguments, parse_kwargs
 
-__all__ = ["add_parser", "run", "parse_size"]
+__all__ = ["HELP", "DESCRIPTION", "arguments", "run", "parse_size"]
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "profile",
-        help="count a model's parameters, MACs and FLOPs per top-level module",
-        description="Build a registered backbone and count its parameters (all of them) and multiply-accumulates "
-        "on one input of the given size, per top-level module; FLOPs = 2 x MACs. Dynamic filtering and deformable "
-        "convs are counted (see docs/complexity.md); the ops counted as zero are listed.",
-        epilog="example: dynfilter profile adfnet --size 128x128",
-    )
-    parser.add_argument("model", metavar="MODEL", help="registered model name, e.g. adfnet, dncnn, rdn")
-    add_kwargs_argument(parser)
+HELP = "count a model's parameters, MACs and FLOPs per top-level module"
+DESCRIPTION = (
+    "Build a registered backbone and count its parameters (all of them) and multiply-accumulates "
+    "on one input of the given size, per top-level module; FLOPs = 2 x MACs. Dynamic filtering and deformable "
+    "convs are counted (see docs/complexity.md); the ops counted as zero are listed."
+)
+EPILOG = "example: dynfilter profile adfnet --size 128x128"
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of this subcommand."""
+    add_model_arguments(parser)
     parser.add_argument("--size", default="128x128", help="input H x W, e.g. 128x128 or 256 (default 128x128)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    parser.set_defaults(run=run)
-    return parser
 
 
 def parse_size(text: str) -> tuple[int, int]:

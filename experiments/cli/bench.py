@@ -7,20 +7,20 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+__all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
+
+HELP = "benchmark the lean dynamic filter (and other suites) against the published formulation"
+DESCRIPTION = (
+    "Run benchmark suites: times (median of interleaved rounds), peak memory and the memory-"
+    "streaming bound, reference versus lean. Prints markdown tables with ratios and the targets met, and "
+    "writes them to OUT/bench.md and OUT/bench.csv. See docs/performance.md for the method."
+)
+EPILOG = "example: dynfilter bench --suite dynamic --repeat 5"
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from experiments.benchmark import SUITES  # names only; the suites themselves are imported when run
-
-    parser = subparsers.add_parser(
-        "bench",
-        help="benchmark the lean dynamic filter (and other suites) against the published formulation",
-        description="Run benchmark suites: times (median of interleaved rounds), peak memory and the memory-"
-        "streaming bound, reference versus lean. Prints markdown tables with ratios and the targets met, and "
-        "writes them to OUT/bench.md and OUT/bench.csv. See docs/performance.md for the method.",
-        epilog="example: dynfilter bench --suite dynamic --repeat 5",
-    )
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of this subcommand."""
+    from experiments.bench.harness import SUITES  # names only; the suites themselves are imported when run
     parser.add_argument(
         "--suite",
         nargs="+",
@@ -47,8 +47,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes and one round: check that the suites run")
     parser.add_argument("--out", default="bench-results", help="folder for bench.md and bench.csv (default bench-results)")
-    parser.set_defaults(run=run)
-    return parser
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -69,7 +67,7 @@ def _command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from experiments.benchmark import (
+    from experiments.bench.harness import (
         SUITES,
         BenchConfig,
         allocator_environment,

@@ -15,8 +15,9 @@ import torch
 
 import dynfilter
 from dynfilter import ops
+from dynfilter.complexity import time_callables
 
-from .benchmark import BenchConfig, Section, copy_bandwidth, peak_memory, streaming_bound, rounds_note, targets_section, time_callables
+from .harness import BenchConfig, Section, copy_bandwidth, peak_memory, streaming_bound, rounds_note, targets_section
 
 __all__ = ["dynamic_suite", "adfnet_suite", "SHAPES", "DILATIONS"]
 
@@ -168,14 +169,11 @@ def adfnet_suite(config: BenchConfig) -> list[Section]:
     filtering, torchvision's deformable conv), the lean dynamic filter alone, and every lean op (the
     default). The target compares the default with the published computation.
     """
-    import backbones
+    from .models import benchmark_adfnet
 
     device = config.device
-    if config.quick:
-        model, size = backbones.build("adfnet", widths=(8, 8, 8, 8)), 32
-    else:
-        model, size = backbones.build("adfnet"), 512
-    model = model.to(device).eval()
+    model, size, _ = benchmark_adfnet(config)
+    model = model.eval()
     x = torch.rand(1, 3, size, size, device=device)
     variants = {
         "published (unfold, torchvision DCN)": dict(dynfilter.REFERENCE_IMPLS),

@@ -6,27 +6,28 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+from ._args import add_device_argument
+
+__all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
+
+HELP = "denoise an image or a folder of images with a trained checkpoint"
+DESCRIPTION = (
+    "Denoise IN (an image file or a folder of images) into OUT (a file, or a folder for folder "
+    "input) with a checkpoint written by `dynfilter train` or `dynfilter sweep`. Any size; grey or colour "
+    "input is converted to the model's channels (BT.601 luma, or grey repeated), with a note. Outputs are "
+    "8-bit PNG (or the format of OUT's extension)."
+)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "denoise",
-        help="denoise an image or a folder of images with a trained checkpoint",
-        description="Denoise IN (an image file or a folder of images) into OUT (a file, or a folder for folder "
-        "input) with a checkpoint written by `dynfilter train` or `dynfilter sweep`. Any size; grey or colour "
-        "input is converted to the model's channels (BT.601 luma, or grey repeated), with a note. Outputs are "
-        "8-bit PNG (or the format of OUT's extension).",
-    )
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of this subcommand."""
     parser.add_argument("input", metavar="IN", help="noisy image file or folder")
     parser.add_argument("output", metavar="OUT", help="output file (or folder)")
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt from dynfilter train / sweep")
     parser.add_argument("--add-noise", type=float, metavar="SIGMA",
                         help="treat IN as clean: add AWGN of this sigma first and report PSNR against IN")
     parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default 0)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.set_defaults(run=run)
-    return parser
+    add_device_argument(parser, default="cpu")
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:

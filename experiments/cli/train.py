@@ -8,57 +8,37 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+from ._args import run_flag_paths
 
+__all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
+
+_FLAGS = ("sigma", "iters", "batch_size", "patch_size", "lr", "train_data", "data_root", "channels", "device", "threads")
 # CLI flag (argparse dest) -> config path it overrides.
-SHORTCUTS = {
-    "sigma": "noise.sigma",
-    "iters": "train.iterations",
-    "batch_size": "train.batch_size",
-    "patch_size": "train.patch_size",
-    "lr": "train.lr",
-    "train_data": "data.train",
-    "data_root": "data.data_root",
-    "channels": "data.channels",
-    "device": "train.device",
-    "threads": "train.threads",
-}
+SHORTCUTS = run_flag_paths(*_FLAGS)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+HELP = "train one denoiser (resumes from the run folder's checkpoint)"
+DESCRIPTION = (
+    "Train one denoiser with Adam, random patches, the 8 flips/rotations and noise drawn on the fly. "
+    "Settings come from --preset/--config (sections data, noise, train, test), then --set, then the flags "
+    "below. A killed run continues from <out>/checkpoint.pt when started again with the same arguments."
+)
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of this subcommand."""
     from experiments.config import add_config_arguments
-
-    from ._args import add_kwargs_argument
-
-    parser = subparsers.add_parser(
-        "train",
-        help="train one denoiser (resumes from the run folder's checkpoint)",
-        description="Train one denoiser with Adam, random patches, the 8 flips/rotations and noise drawn on the fly. "
-        "Settings come from --preset/--config (sections data, noise, train, test), then --set, then the flags "
-        "below. A killed run continues from <out>/checkpoint.pt when started again with the same arguments.",
-    )
+    from ._args import add_kwargs_argument, add_recipe_arguments, add_run_flags
     add_config_arguments(parser)
     parser.add_argument("--model", required=True, help="backbone name (see `dynfilter info`)")
     add_kwargs_argument(parser)
-    parser.add_argument("--recipe", help="surgery recipe applied before training, e.g. dncnn_dconv or rdn_mdcb")
-    parser.add_argument("--recipe-kwargs", default="", metavar="K=V[,K=V...]", help="arguments of the recipe")
-    parser.add_argument("--sigma", type=float, help="training and test noise level on the 0-255 scale")
-    parser.add_argument("--iters", type=int, help="training iterations")
-    parser.add_argument("--batch-size", type=int, help="patches per iteration (global, over all processes)")
-    parser.add_argument("--patch-size", type=int, help="side of the square training patches")
-    parser.add_argument("--lr", type=float, help="initial learning rate")
+    add_recipe_arguments(parser)
+    add_run_flags(parser, *_FLAGS)
     parser.add_argument("--seed", type=int, help="seed of the initial weights, patches, flips and noise")
-    parser.add_argument("--train-data", help="training set: builtin-train, a standard set name or an image folder")
     parser.add_argument("--test", help="comma-separated test sets (default: the config's data.test)")
-    parser.add_argument("--data-root", help="folder holding the standard sets (or set DYNFILTER_DATA)")
-    parser.add_argument("--channels", type=int, choices=(1, 3), help="train on colour (3) or grey (1) images")
     parser.add_argument("--out", help="run folder for the checkpoint and results (default: runs/<run id>)")
-    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, help="CPU threads for training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-eval", action="store_true", help="skip the test after training")
-    parser.set_defaults(run=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

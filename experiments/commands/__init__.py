@@ -1,1 +1,0 @@
-"""Subcommands of the ``dynfilter`` CLI; each module offers ``add_parser(subparsers)`` and ``run(args)``."""
