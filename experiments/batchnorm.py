@@ -28,7 +28,7 @@ from .settings import RunSettings
 
 __all__ = ["BN_SEED_OFFSET", "recalibrate_batchnorm", "noisy_batches", "recalibrate_for_test", "recalibrate_results"]
 
-# The BatchNorm batches are drawn from seed + this, apart from the training stream (seed + 1,000,003).
+# The BatchNorm batches are drawn from seed + this, apart from the training stream (train.STREAM_SEED_OFFSET).
 BN_SEED_OFFSET = 2_000_029
 
 

@@ -407,7 +407,8 @@ def _build(replacement: Replacement, names: tuple[str, ...], old: nn.Module, mod
     _settle(new, old, model)
     _copy_carried(private, new, carried)
     note = replacement.preserve_reason(names[0], old)
-    return Entry(names[0], old, new, names[1:], None, carried, replacement.label, note is None, note or "")
+    return Entry(names[0], old, new=new, aliases=names[1:], carried=carried, replacement=replacement.label,
+                 keeps_output=note is None, output_note=note or "")
 
 
 def plan(
