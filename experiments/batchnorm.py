@@ -117,7 +117,10 @@ def recalibrate_results(
 
     Each run's settings come from its checkpoint: the batches are drawn as in its training (training
     set, patch and batch size, σ), from ``seed``, and testing follows its recorded protocol
-    (:func:`experiments.run.evaluate_model`). Returns the CSV's path.
+    (:func:`experiments.run.evaluate_model`). ``batchnorm.csv`` is itself a results table: each run's row
+    with ``psnr_<set>``/``ssim_<set>`` re-tested, the values as trained kept as ``as_trained_psnr_<set>``
+    (and ``as_trained_ssim_<set>``), so ``dynfilter plot RESULTS/batchnorm.csv --out DIR`` gives the
+    re-tested gains with their intervals. Models without BatchNorm are left out. Returns the CSV's path.
     """
     import pandas as pd
     from tqdm import tqdm
@@ -139,8 +142,9 @@ def recalibrate_results(
         if recalibrate_batchnorm(model, noisy_batches(settings, batches, seed)) == 0:
             continue
         tested = evaluate_model(model.eval(), settings)
-        psnrs = {k: v for k, v in tested.items() if k.startswith("psnr_")}
-        rows.append({"id": row["id"], **{k: row[k] for k in psnrs}, **{f"{k}_recalibrated": v for k, v in psnrs.items()}})
+        metrics = {k: v for k, v in tested.items() if k.startswith(("psnr_", "ssim_"))}
+        rows.append({**row.to_dict(), **{f"as_trained_{k}": row[k] for k in metrics if k in row}, **metrics,
+                     "bn_recalibrated": True, "bn_batches": batches})
     path = folder / "batchnorm.csv"
     atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
     return path

@@ -24,6 +24,7 @@ __all__ = [
     "grid_axes",
     "resolve_axis",
     "is_baseline",
+    "is_reference",
     "seed_gains",
     "gain_table",
     "cell_table",
@@ -36,6 +37,19 @@ def is_baseline(df: pd.DataFrame) -> pd.Series:
     if "recipe" not in df:
         return pd.Series(True, index=df.index)
     return df["recipe"].isna() | (df["recipe"].astype(str).str.strip() == "")
+
+
+def is_reference(df: pd.DataFrame, against: str | None = None) -> pd.Series:
+    """The rows gains are measured against: the baselines, or the variant called ``against``.
+
+    ``against`` compares two enhanced variants seed by seed (e.g. two initialisations of the same block).
+    """
+    if against is None:
+        return is_baseline(df)
+    if against not in set(df["variant"].astype(str)):
+        raise ValueError(f"--against {against!r} is not a variant of this results table; its variants are: "
+                         f"{', '.join(dict.fromkeys(df['variant'].astype(str)))}")
+    return df["variant"].astype(str) == against
 
 
 def result_sets(df: pd.DataFrame) -> list[str]:
@@ -68,17 +82,19 @@ def resolve_axis(df: pd.DataFrame, name: str) -> str:
     return found[0]
 
 
-def seed_gains(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per enhanced run that has a finished baseline: its ``gain_<set>`` for each test set.
+def seed_gains(df: pd.DataFrame, against: str | None = None) -> pd.DataFrame:
+    """One row per enhanced run that has a finished baseline (or ``against`` run, see :func:`is_reference`):
+    its ``gain_<set>`` for each test set.
 
     Columns: ``backbone``, ``variant``, ``cell``, ``pair``, ``seed``, ``protocol`` (when recorded), the
     grid axes and ``gain_<set>``.
     """
     sets = result_sets(df)
-    base = df[is_baseline(df)]
-    enhanced = df[~is_baseline(df)]
+    reference = is_reference(df, against)
+    base = df[reference]
+    enhanced = df[~reference]
     if base["pair"].duplicated().any():
-        raise ValueError("the table holds several baseline rows with the same pair key; it is not a sweep table")
+        raise ValueError("the table holds several reference rows with the same pair key; it is not a sweep table")
     merged = enhanced.merge(base[["pair"] + [f"psnr_{s}" for s in sets]], on="pair", suffixes=("", "_base"))
     for s in sets:
         merged[f"gain_{s}"] = merged[f"psnr_{s}"] - merged[f"psnr_{s}_base"]
@@ -86,13 +102,14 @@ def seed_gains(df: pd.DataFrame) -> pd.DataFrame:
     return merged[keep + [f"gain_{s}" for s in sets]]
 
 
-def gain_table(df: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+def gain_table(df: pd.DataFrame, level: float = LEVEL, against: str | None = None) -> pd.DataFrame:
     """One row per enhanced configuration (backbone, variant, cell): its paired gain over seeds.
 
     Columns: ``backbone``, ``variant``, ``cell``, ``protocol`` (when recorded), the grid axes, ``seeds``,
     and for each test set ``gain_<set>`` (mean), ``gain_<set>_std`` (sample std, ``nan`` for one seed),
     ``gain_<set>_ci`` (half-width of the ``level`` t interval), ``gain_<set>_low`` / ``_high`` and
-    ``verdict_<set>``. Enhanced runs without a finished baseline are left out.
+    ``verdict_<set>``. Enhanced runs without a finished baseline are left out. ``against`` measures
+    against that variant instead of the baselines.
 
     >>> rows = [dict(id=i, backbone="m", variant=v, recipe=r, pair=p, cell=c, seed=s, grid_axes="depth",
     ...              depth=5, psnr_x=q) for i, v, r, p, c, s, q in [
@@ -103,7 +120,7 @@ def gain_table(df: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     ([0.6, 0.1414, 1.2706], 'not resolved', 2)
     """
     sets = result_sets(df)
-    merged = seed_gains(df)
+    merged = seed_gains(df, against)
     axes = grid_axes(df)
     rows = []
     for (backbone, variant, cell), group in merged.groupby(["backbone", "variant", "cell"], sort=False):
@@ -124,20 +141,21 @@ def gain_table(df: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cell_table(df: pd.DataFrame) -> pd.DataFrame:
+def cell_table(df: pd.DataFrame, against: str | None = None) -> pd.DataFrame:
     """One row per configuration (cell): PSNR/SSIM, params, MACs and training time averaged over seeds.
 
-    ``baseline_cell`` names, for an enhanced cell, the cell of its baseline (empty if none finished).
+    ``baseline`` marks the reference cells (baselines, or variant ``against``); ``baseline_cell`` names,
+    for another cell, the cell of its reference (empty if none finished).
     """
     sets = result_sets(df)
     numeric = [f"psnr_{s}" for s in sets] + [f"ssim_{s}" for s in sets if f"ssim_{s}" in df.columns]
     numeric += [c for c in ("params", "macs", "latency_ms", "train_seconds", "iterations") if c in df.columns]
     axes = grid_axes(df)
-    base = is_baseline(df)
+    base = is_reference(df, against)
     base_cell = dict(zip(df.loc[base, "pair"], df.loc[base, "cell"]))
     rows = []
     for (backbone, variant, cell), group in df.groupby(["backbone", "variant", "cell"], sort=False):
-        baseline = bool(is_baseline(group).iloc[0])
+        baseline = bool(base[group.index[0]])
         row: dict[str, Any] = {"backbone": backbone, "variant": variant, "cell": cell, "baseline": baseline,
                                "baseline_cell": "" if baseline else base_cell.get(group["pair"].iloc[0], "")}
         row.update({a: group[a].iloc[0] for a in axes})
@@ -147,7 +165,7 @@ def cell_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_text(df: pd.DataFrame, level: float = LEVEL) -> str:
+def summary_text(df: pd.DataFrame, level: float = LEVEL, against: str | None = None) -> str:
     """Plain-text lines, one per enhanced configuration and test set: gain, interval, seeds, verdict.
 
     >>> rows = [dict(id=i, backbone="m", variant=v, recipe=r, pair=p, cell=c, seed=0, grid_axes="depth",
@@ -159,12 +177,12 @@ def summary_text(df: pd.DataFrame, level: float = LEVEL) -> str:
     """
     if not {"backbone", "variant", "cell", "pair"} <= set(df.columns) or df.empty:
         return "no result rows of a sweep yet: no gains"
-    gains = gain_table(df, level)
+    gains = gain_table(df, level, against)
     if gains.empty:
         return "no enhanced run has a finished baseline yet: no gains"
     sets = result_sets(df)
-    lines = [f"paired gain = PSNR(enhanced) - PSNR(baseline), same seed; mean over seeds ± {100 * level:.0f} % "
-             f"Student t half-width"]
+    lines = [f"paired gain = PSNR(enhanced) - PSNR({against or 'baseline'}), same seed; mean over seeds ± "
+             f"{100 * level:.0f} % Student t half-width"]
     axes = grid_axes(df)
     for _, g in gains.iterrows():
         point = " ".join(f"{a.split('.')[-1]}={_plain(g[a])}" for a in axes if a in g and not pd.isna(g[a]))

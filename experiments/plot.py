@@ -67,7 +67,7 @@ def _gain_cells(gain: pd.DataFrame, s: str) -> list[str]:
     return [text, str(g[f"verdict_{s}"])]
 
 
-def markdown_table(df: pd.DataFrame, x: str | None = None) -> str:
+def markdown_table(df: pd.DataFrame, x: str | None = None, against: str | None = None) -> str:
     """Per backbone, one line per configuration: grid values, variant, seeds, PSNR per test set, the
     paired gain with its 95 % interval and verdict per test set, parameters, MACs, training time (and
     per iteration) and test latency.
@@ -75,8 +75,8 @@ def markdown_table(df: pd.DataFrame, x: str | None = None) -> str:
     Lines are grouped by the axes other than ``x`` (see :func:`plot_gain`), ``x`` varying fastest.
     """
     sets = result_sets(df)
-    cells = cell_table(df)
-    gains = gain_table(df)
+    cells = cell_table(df, against)
+    gains = gain_table(df, against=against)
     per_iteration = {"train_seconds", "iterations"} <= set(cells.columns)
     latency = "latency_ms" in cells.columns
     lines: list[str] = []
@@ -107,7 +107,7 @@ def markdown_table(df: pd.DataFrame, x: str | None = None) -> str:
             lines.append("| " + " | ".join(cells_) + " |")
         lines.append("")
     lines.append(
-        f"Gain: PSNR(enhanced) − PSNR(baseline) of the same seed, mean over seeds ± the half-width of the "
+        f"Gain: PSNR − PSNR({against or 'baseline'}) of the same seed, mean over seeds ± the half-width of the "
         f"{100 * LEVEL:.0f} % Student t interval (t quantile × sample std / √seeds). Verdict: *gain* or *loss* when "
         f"the interval excludes 0, *not resolved* when it contains 0; one seed gets no interval and no verdict."
     )
@@ -168,17 +168,17 @@ def _draw_points(ax: Any, xs: list, line: pd.DataFrame, s: str, color: Any) -> N
                     elinewidth=1.2 if resolved else 0.9)
 
 
-def plot_gain(df: pd.DataFrame, out: str | os.PathLike, x: str | None = None) -> list[Path]:
+def plot_gain(df: pd.DataFrame, out: str | os.PathLike, x: str | None = None, against: str | None = None) -> list[Path]:
     """Gain vs grid axis ``x`` (default: the first, i.e. depth / number of blocks), one line per value of
     the other axes (and per variant when there are several), one panel per backbone (columns) and test
     set (rows). Error bars are the 95 % Student t interval of the paired gain over seeds; a point whose
     interval contains 0 is hollow (not resolved), a single seed is a cross (no interval); small dots are
     the single seeds. A log scale is used when the x values span a factor of 10 or more; axes with a
     single value are left out of the legend."""
-    gains = gain_table(df)
+    gains = gain_table(df, against=against)
     if gains.empty:
         raise ValueError("no enhanced run has a finished baseline with the same settings and seed; nothing to plot")
-    per_seed = seed_gains(df)
+    per_seed = seed_gains(df, against)
     sets = result_sets(df)
     backbones = list(dict.fromkeys(gains["backbone"]))
     plt, fig, axs = _figure(len(sets), len(backbones))
@@ -209,7 +209,7 @@ def plot_gain(df: pd.DataFrame, out: str | os.PathLike, x: str | None = None) ->
             variants = ", ".join(dict.fromkeys(sub["variant"]))
             seeds = sorted(set(int(n) for n in sub["seeds"]))
             count = "1 seed, no intervals" if seeds == [1] else f"{'/'.join(map(str, seeds))} seeds"
-            ax.set_title(f"{backbone}: {variants} − baseline ({count})", fontsize=9)
+            ax.set_title(f"{backbone}: {variants} − {against or 'baseline'} ({count})", fontsize=9)
             if x_axis:
                 if _log_scale(sub[x_axis]):
                     ax.set_xscale("log")
@@ -252,7 +252,8 @@ def plot_cost(df: pd.DataFrame, out: str | os.PathLike) -> list[Path]:
 
 
 def plot_results(
-    results: str | os.PathLike, out: str | os.PathLike | None = None, x: str | None = None
+    results: str | os.PathLike, out: str | os.PathLike | None = None, x: str | None = None,
+    against: str | None = None,
 ) -> dict[str, Any]:
     """Read a results table and write ``gain.{png,svg}``, ``cost.{png,svg}``, ``table.md`` and ``gains.csv``
     (one row per enhanced configuration: mean gain, interval and verdict per test set) to ``out``.
@@ -261,6 +262,7 @@ def plot_results(
         results: the CSV, or the folder holding ``results.csv``.
         out: the output folder; defaults to ``<results folder>/plots``.
         x: the grid axis of the gain plot's x axis and the table's innermost order (see :func:`plot_gain`).
+        against: measure gains against this variant instead of the baselines (:func:`experiments.gains.is_reference`).
 
     Returns:
         dict: ``{"gain": [png, svg], "cost": [png, svg], "table": md path, "gains": csv path or None,
@@ -277,13 +279,13 @@ def plot_results(
     if x is not None:
         for backbone in dict.fromkeys(df["backbone"]):
             resolve_axis(df[df["backbone"] == backbone], x)  # fail before drawing anything
-    gains = gain_table(df)
+    gains = gain_table(df, against=against)
     paths["gains"] = None
     if not gains.empty:
-        paths["gain"] = plot_gain(df, out, x)
+        paths["gain"] = plot_gain(df, out, x, against)
         paths["gains"] = atomic_write(out / "gains.csv", lambda tmp: gains.to_csv(tmp, index=False))
-    paths["summary"] = summary_text(df)
-    text = markdown_table(df, x)
+    paths["summary"] = summary_text(df, against=against)
+    text = markdown_table(df, x, against)
     table = out / "table.md"
     table.write_text(text)
     paths["table"] = table

@@ -25,13 +25,17 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         "--x", metavar="AXIS",
         help="grid axis on the gain plot's x axis, e.g. iterations for a budget study (default: the first axis)",
     )
+    parser.add_argument(
+        "--against", metavar="VARIANT",
+        help="measure gains against this variant instead of the baselines, seed by seed (e.g. compare two inits)",
+    )
     parser.add_argument("--print", dest="print_table", action="store_true", help="also print the markdown table")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from experiments.plot import plot_results
 
-    paths = plot_results(args.results, args.out, args.x)
+    paths = plot_results(args.results, args.out, args.x, args.against)
     if args.print_table:
         print(paths["markdown"])
     print(paths["summary"])

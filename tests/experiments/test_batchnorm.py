@@ -70,7 +70,10 @@ def test_batchnorm_command_retests_a_results_folder(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "batchnorm.csv").set_index("id")
     assert sorted(table.index) == sorted(rows.index)
     for run_id, row in table.iterrows():
-        assert row["psnr_builtin"] == rows.loc[run_id, "psnr_builtin"]  # the trained statistics, as in the row
-        assert row["psnr_builtin_recalibrated"] != row["psnr_builtin"]
+        assert row["as_trained_psnr_builtin"] == rows.loc[run_id, "psnr_builtin"]  # as in the results row
+        assert row["psnr_builtin"] != row["as_trained_psnr_builtin"] and row["bn_recalibrated"]
+    # batchnorm.csv is a results table: plot reads it and pairs the re-tested runs.
+    assert main(["plot", str(tmp_path / "batchnorm.csv"), "--out", str(tmp_path / "bn")]) == 0
+    assert "dncnn depth=3 channels=8 dconv  builtin:" in capsys.readouterr().out
     assert main(["batchnorm", str(tmp_path), "--batches", "0"]) == 2
     assert "--batches must be at least 1" in capsys.readouterr().err

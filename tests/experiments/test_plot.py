@@ -196,3 +196,28 @@ def test_gain_plot_axes(tmp_path):
     labels = sorted(t.get_text() for t in ax.get_legend().get_texts())
     assert labels == ["depth=10, dconv", "depth=10, dconv_identity", "depth=5, dconv", "depth=5, dconv_identity"]
     plt.close(captured["fig"])
+
+
+def test_gains_against_another_variant(tmp_path, capsys):
+    df = pd.DataFrame(_budget_rows())
+    # Identity start against the published start, seed by seed: the seed shifts cancel.
+    gains = gain_table(df, against="dconv")
+    identity = gains[gains["variant"] == "dconv_identity"]
+    assert len(identity) == 6
+    for _, g in identity.iterrows():
+        i = BUDGETS.index(g["train.iterations"])
+        expected = BUDGET_GAIN[("dconv_identity", g["depth"])][i] - BUDGET_GAIN[("dconv", g["depth"])][i]
+        assert g["gain_CBSD68"] == pytest.approx(expected, abs=1e-9)
+        assert g["gain_CBSD68_std"] == pytest.approx(0.0, abs=1e-9)
+    # The baseline against the published start is the published start's gain with the sign turned.
+    baseline = gains[gains["variant"] == "baseline"]
+    for _, g in baseline.iterrows():
+        expected = -BUDGET_GAIN[("dconv", g["depth"])][BUDGETS.index(g["train.iterations"])]
+        assert g["gain_CBSD68"] == pytest.approx(expected, abs=1e-9)
+    table = ResultsTable(tmp_path / "t")
+    for row in _budget_rows():
+        table.append(row)
+    assert main(["plot", str(tmp_path / "t"), "--x", "iterations", "--against", "dconv", "--out", str(tmp_path / "f")]) == 0
+    assert "PSNR(dconv)" in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "t"), "--against", "nope"]) == 2
+    assert "--against 'nope' is not a variant" in capsys.readouterr().err
