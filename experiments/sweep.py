@@ -360,6 +360,7 @@ def run_sweep(
     if runs:
         keep_config(out, study, runs, measure)
     table = ResultsTable(out)
+    table.report_damaged()  # their runs are not finished: they run again, and the rows are set aside
     pool = list(runs if pool is None else pool)
     outcome: dict[str, list[str]] = {"done": [], "skipped": [], "busy": []}
     # Baselines keep a snapshot at each branch point of a warm-started partner, which then starts from it.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
 __all__ = ["main", "build_parser"]
@@ -47,9 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    try:
-        args.run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"dynfilter {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        # A warning (a damaged results row, a conversion) is one line on stderr, as errors are.
+        warnings.showwarning = lambda message, category, *rest, **kw: print(
+            f"dynfilter {args.command}: warning: {message}", file=sys.stderr
+        )
+        try:
+            args.run(args)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"dynfilter {args.command}: error: {exc}", file=sys.stderr)
+            return 2
     return 0

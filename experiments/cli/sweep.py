@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out) if args.out else Path("results") / label
 
     if args.list:
+        ResultsTable(out).report_damaged()
         finished = ResultsTable(out).ids()
         statuses = {r.id: run_status(r, out, finished) for r in chosen}
         width = max((len(i) for i in statuses), default=0)

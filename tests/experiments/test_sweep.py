@@ -254,3 +254,22 @@ def test_budget_preset_runs_short_budgets_first_on_one_trajectory_each():
         trajectories.setdefault(r.trajectory, []).append(r.settings.train.iterations)
     assert len(trajectories) == 2 * 3 * len(seeds) and all(v == [600, 2000, 6000] for v in trajectories.values())
     assert {r.settings.train.lr_step for r in runs} == {200_000}, "the paper's schedule: constant here"
+
+
+def test_a_damaged_row_is_run_again(tmp_path, capsys):
+    out = tmp_path / "res"
+    base = ["sweep", "dncnn", "--preset", "smoke", "--out", str(out), "--no-progress",
+            "--set", "studies.dncnn.grid.depth=[3]"]
+    assert main(base) == 0
+    table = ResultsTable(out)
+    text = table.path.read_text()
+    table.path.write_text(text[: len(text) - 40])  # the last row cut, as by an interrupted copy
+    capsys.readouterr()
+    assert main([*base, "--list"]) == 0
+    listed = capsys.readouterr()
+    assert "line 3" in listed.err and "left out" in listed.err
+    assert listed.out.count(" done") == 1
+    assert main(base) == 0
+    ran = capsys.readouterr()
+    assert "1 run(s) finished now, 1 already done" in ran.out and "moved to" in ran.err
+    assert len(table.read()) == 2 and table.damaged() == []
