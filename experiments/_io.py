@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["atomic_write", "file_lock", "try_file_lock"]
+__all__ = ["atomic_write", "remove_stale_temporaries", "file_lock", "try_file_lock"]
 
 
 def _new_file_mode() -> int:
@@ -66,6 +66,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Delete the temporaries :func:`atomic_write` left in ``folder`` for ``name`` (a glob) when killed.
+
+    Call it only while holding the lock that serialises the writers of those files (a run's claim, a
+    table's lock): a live writer's temporary must not be taken. Returns the files removed.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); _ = (d / ".a.txt.x1.tmp").write_text("")
+    >>> [p.name for p in remove_stale_temporaries(d, "a.txt")]
+    ['.a.txt.x1.tmp']
+    """
+    folder = Path(folder)
+    stale = sorted(folder.glob(f".{name}.*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 @contextlib.contextmanager

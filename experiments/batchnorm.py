@@ -17,6 +17,7 @@ It writes ``<results>/batchnorm.csv``: ``id``, then ``psnr_<set>`` (as trained) 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -39,7 +40,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     Each batch (``Tensor[B, C, H, W]``, the model's input) goes through the model in training mode
     with no gradient; with ``momentum=None`` BatchNorm then keeps the plain average of the batch
     statistics (unbiased variances), as if every batch counted equally. Momentum and training mode
-    are restored afterwards; no other parameter changes.
+    are restored afterwards; no other parameter changes. If there is no batch, or a batch fails, the
+    statistics are those the model had before.
 
     Returns:
         int: the number of BatchNorm layers re-estimated (0: nothing to do, no batch is run).
@@ -51,23 +53,28 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return 0
-    saved = [(m, m.momentum) for m in norms]
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:  # before anything is reset: the statistics stay as they were
+        raise ValueError("recalibrate_batchnorm needs at least one batch")
+    saved = [(m, m.momentum, {k: v.clone() for k, v in m.named_buffers(recurse=False)}) for m in norms]
     was_training = model.training
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    seen = 0
     try:
-        for batch in batches:
+        for batch in itertools.chain([first], batches):
             model(batch)
-            seen += 1
+    except BaseException:
+        for m, _, buffers in saved:  # a failed re-estimation leaves the model as it was
+            for name, value in buffers.items():
+                getattr(m, name).copy_(value)
+        raise
     finally:
-        for m, momentum in saved:
+        for m, momentum, _ in saved:
             m.momentum = momentum
         model.train(was_training)
-    if seen == 0:
-        raise ValueError("recalibrate_batchnorm needs at least one batch")
     return len(norms)
 
 

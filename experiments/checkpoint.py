@@ -17,6 +17,7 @@ A checkpoint is a ``torch.save`` dict with
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,13 +49,28 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
 
 
 def _torch_load(path: Path, map_location: str | torch.device) -> Any:
-    """``torch.load`` with the safe loader (checkpoints hold containers, tensors and numbers only)."""
+    """``torch.load`` with the safe loader (checkpoints hold containers, tensors and numbers only).
+
+    Errors say what the file is and what was expected: an empty file, one cut short, one that is not
+    a ``torch.save`` archive at all.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"cannot read checkpoint {path}: the file is empty (0 bytes; was its write interrupted?)")
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        raise ValueError(f"cannot read checkpoint {path}: it is a torch.save archive cut short ({size:,} bytes; "
+                         f"was its write or copy interrupted?)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a corrupt or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        if not head.startswith(b"PK"):
+            raise ValueError(f"cannot read checkpoint {path}: it is not a file written by torch.save "
+                             f"({size:,} bytes starting with {head!r})") from exc
+        raise ValueError(f"cannot read checkpoint {path}: a damaged or foreign torch.save file ({exc})") from exc
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

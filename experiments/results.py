@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from ._io import atomic_write, file_lock
+from ._io import atomic_write, file_lock, remove_stale_temporaries
 
 __all__ = ["ResultsTable", "read_results", "DamagedRow", "DamagedRowWarning", "CHECK_COLUMN"]
 
@@ -191,6 +191,7 @@ class ResultsTable:
         if "id" not in row or not str(row["id"]):
             raise ValueError(f"a result row needs a non-empty 'id', got keys {sorted(row)}")
         with file_lock(self.lock_path):
+            remove_stale_temporaries(self.path.parent, self.path.name)  # a killed writer's; we hold the lock
             df, damaged = _scan(self.path) if self.path.is_file() else (pd.DataFrame({"id": pd.Series(dtype=str)}), [])
             if str(row["id"]) in set(df["id"].astype(str)):
                 return False

@@ -51,6 +51,7 @@ __all__ = [
     "canonical",
     "settings_hash",
     "check_protocol",
+    "differences",
     "baseline_settings",
     "resolve_device",
     "model_kwargs",
@@ -180,12 +181,35 @@ def _check_resumable(settings: RunSettings, checkpoint: str | os.PathLike) -> No
         return
     drop = ("train.iterations", "variant")  # a longer budget continues; a variant's name is only a label
     if settings_hash(stored, drop) != settings_hash(settings, drop):
-        mine = settings.to_dict()
-        changed = sorted(k for k in set(stored) | set(mine) if canonical(stored.get(k)) != canonical(mine.get(k)))
+        changed = [k for k in differences(stored, settings.to_dict()) if k not in drop and k not in _UNHASHED]
+        shown = ", ".join(f"{k} ({_get(stored, k)!r} there, {_get(settings.to_dict(), k)!r} now)" for k in changed[:6])
         raise ValueError(
-            f"{checkpoint} was trained with different settings (they differ in {changed}); "
+            f"{checkpoint} was trained with different settings: {shown}; "
             f"resume with the same settings or train into another folder"
         )
+
+
+def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested settings dicts (``50`` equals ``50.0``).
+
+    >>> differences({"train": {"lr": 1e-3, "iterations": 5}, "seed": 0}, {"train": {"lr": 1e-4, "iterations": 5}, "seed": 0})
+    ['train.lr']
+    """
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, Mapping) and isinstance(y, Mapping):
+            out += differences(x, y, f"{prefix}{key}.")
+        elif canonical(x) != canonical(y):
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _get(settings: Mapping[str, Any], path: str) -> Any:
+    node: Any = settings
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
 def _recipe_kwargs(settings: RunSettings) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ._io import atomic_write, try_file_lock
+from ._io import atomic_write, remove_stale_temporaries, try_file_lock
 from .checkpoint import snapshot_path
 from .config import set_path
 from .run import PAIR_FREE, canonical, check_protocol, settings_hash
@@ -273,11 +273,15 @@ def warm_start(run: Run, pool: Iterable[Run], out: str | Path, finished: set[str
     used only when it is further along than ``run``'s own checkpoint. Call it while holding ``run``'s
     claim.
 
+    The twin's id is kept in ``continued_from.txt`` beside the copy, so a run killed after the copy
+    still names its twin when it resumes.
+
     Returns:
-        str | None: the id of the twin continued from, or ``None``.
+        str | None: the id of the twin continued from (now or before), or ``None``.
     """
     out = Path(out)
     target = run.settings.train.iterations
+    marker = _run_dir(out, run) / "continued_from.txt"
     own = _checkpoint_iteration(_run_dir(out, run) / "checkpoint.pt")
     twins = sorted(
         (r.settings.train.iterations, r.id, r)
@@ -289,9 +293,10 @@ def warm_start(run: Run, pool: Iterable[Run], out: str | Path, finished: set[str
         source = _run_dir(out, twin) / "checkpoint.pt"
         if _checkpoint_iteration(source) != iterations:
             continue
+        atomic_write(marker, lambda tmp: tmp.write_text(twin.id))
         atomic_write(_run_dir(out, run) / "checkpoint.pt", lambda tmp: shutil.copyfile(source, tmp))
         return twin.id
-    return None
+    return marker.read_text().strip() if own and marker.is_file() else None
 
 
 def _partners(run: Run, pool: list[Run]) -> list[Run]:
@@ -385,6 +390,8 @@ def run_sweep(
                 outcome["skipped"].append(run.id)
                 continue
             log(f"[{n}/{len(runs)}] {run.id}")
+            for stale in remove_stale_temporaries(folder):  # a killed write's, ours: we hold the claim
+                log(f"    removed {stale.name}, left by an interrupted write")
             source = warm_start(run, pool, out, table.ids()) if continue_budgets else None
             if source is not None:
                 log(f"    continuing {source} (same trajectory, shorter budget)")

@@ -577,7 +577,8 @@ def apply(model: nn.Module, plan: Plan, *, inplace: bool = False) -> nn.Module:
     target, _ = unwrap(model)
     if not inplace:
         target = copy.deepcopy(target)
-    root = target
+    # Every new module is built and checked before the first swap, so a failure leaves the model as it was.
+    built = []
     for entry in plan.entries:
         old = _get(target, entry.name)
         if type(old) is not type(entry.old):
@@ -587,6 +588,9 @@ def apply(model: nn.Module, plan: Plan, *, inplace: bool = False) -> nn.Module:
             )
         new = _settle(copy.deepcopy(entry.new), old, target)
         _copy_carried(old, new, entry.carried)
+        built.append((entry, new))
+    root = target
+    for entry, new in built:
         for name in entry.names:
             if name == "":
                 root = new

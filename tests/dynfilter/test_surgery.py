@@ -416,3 +416,13 @@ def test_plans_add_only_when_disjoint():
         a + surgery.plan(net, "body", R.to_identity())
     with pytest.raises(ValueError, match="same model instance"):
         a + surgery.plan(Net(), "body.2", R.to_dconv())
+
+
+def test_a_failed_inplace_apply_leaves_the_model_as_it_was():
+    planned = nn.Sequential(*(nn.Conv2d(4, 4, 3, padding=1) for _ in range(3)))
+    p = surgery.plan(planned, nn.Conv2d, R.to_dconv())
+    other = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Identity())
+    before = [type(m) for m in other]
+    with pytest.raises(ValueError, match="the plan expects Conv2d at '2', this model has Identity"):
+        surgery.apply(other, p, inplace=True)
+    assert [type(m) for m in other] == before, "the first swaps must not have happened"

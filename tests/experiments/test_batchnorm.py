@@ -77,3 +77,22 @@ def test_batchnorm_command_retests_a_results_folder(tmp_path, capsys):
     assert "dncnn depth=3 channels=8 dconv  builtin:" in capsys.readouterr().out
     assert main(["batchnorm", str(tmp_path), "--batches", "0"]) == 2
     assert "--batches must be at least 1" in capsys.readouterr().err
+
+
+def test_a_failed_reestimation_leaves_the_statistics_as_they_were():
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    net.train()
+    net(torch.randn(4, 1, 5, 5) * 3 + 1)  # statistics of their own
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def failing():
+        yield torch.randn(4, 1, 5, 5)
+        raise RuntimeError("a batch could not be drawn")
+
+    with pytest.raises(ValueError, match="at least one batch"):
+        recalibrate_batchnorm(net, [])
+    with pytest.raises(RuntimeError, match="could not be drawn"):
+        recalibrate_batchnorm(net, failing())
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert net[1].momentum == 0.1 and net.training
