@@ -18,6 +18,7 @@ test parts (:data:`BUILTIN_SPLITS`).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +30,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "STANDARD_SETS",
     "BUILTIN_SPLITS",
+    "ConversionWarning",
     "ImageSet",
     "ImageFolder",
     "BuiltinImages",
@@ -100,11 +102,23 @@ def convert_channels(img: np.ndarray, channels: int | None) -> np.ndarray:
     return np.repeat(img, 3, axis=2)
 
 
+class ConversionWarning(UserWarning):
+    """An image was converted on reading (alpha dropped, grey ↔ colour); the message names it."""
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """The bit depth in a PNG's header (Pillow reads 16-bit colour PNGs as 8-bit without a word)."""
+    with path.open("rb") as f:
+        head = f.read(25)
+    return head[24] if len(head) == 25 and head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" else None
+
+
 def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarray:
     """Decode an 8-bit image file into ``ndarray[H, W, C]`` uint8, ``C`` in {1, 3}.
 
-    Palette, 1-bit and CMYK images become RGB or grey through Pillow; an alpha channel is dropped.
-    Images with more than 8 bits per sample are refused rather than silently rescaled.
+    Palette, 1-bit and CMYK images become RGB or grey through Pillow. An alpha channel is dropped, and a
+    :class:`ConversionWarning` says so. Images with more than 8 bits per sample (16-bit grey or colour)
+    are refused rather than silently rescaled: PSNR is measured on the 8-bit scale.
 
     Args:
         path: the file.
@@ -118,10 +132,16 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarr
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
+    if _png_bit_depth(path) == 16:
+        raise ValueError(f"{path} is a 16-bit PNG; dynfilter reads 8-bit images (its PSNR is on the 8-bit scale): "
+                         f"save it with 8 bits per sample")
     try:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
+            if mode in ("LA", "PA", "RGBA") or (mode == "P" and "transparency" in im.info):
+                warnings.warn(f"{path}: the alpha channel is dropped ({mode} read as {'grey' if mode == 'LA' else 'RGB'})",
+                              ConversionWarning, stacklevel=2)
             if mode in ("L", "RGB"):
                 pass
             elif mode in ("1", "LA"):
@@ -155,6 +175,8 @@ class ImageSet(torch.utils.data.Dataset):
     name: str
     channels: int | None
     names: list[str]
+    #: Image index → the channel conversion made when it was read (filled as images are read).
+    conversions: dict[int, str]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -162,6 +184,20 @@ class ImageSet(torch.utils.data.Dataset):
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` as stored after channel conversion, ``ndarray[H, W, C]`` uint8."""
         raise NotImplementedError
+
+    def converted(self, index: int, img: np.ndarray) -> np.ndarray:
+        """``img`` (image ``index`` as stored) converted to :attr:`channels`; the conversion is recorded in
+        :attr:`conversions` and announced once per set by a :class:`ConversionWarning`."""
+        have = img.shape[2]
+        if self.channels is None or self.channels == have:
+            return img
+        how = "colour to grey (BT.601 luma)" if self.channels == 1 else "grey to colour (grey repeated)"
+        conversions = self.__dict__.setdefault("conversions", {})
+        if not conversions:
+            warnings.warn(f"{self.name}: images converted from {how} for a {self.channels}-channel model",
+                          ConversionWarning, stacklevel=3)
+        conversions[index] = how
+        return convert_channels(img, self.channels)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         if not -len(self) <= index < len(self):
@@ -208,7 +244,7 @@ class ImageFolder(ImageSet):
         self.name = name or self.root.name
 
     def read(self, index: int) -> np.ndarray:
-        return read_image(self.paths[index], self.channels)
+        return self.converted(index, read_image(self.paths[index]))
 
 
 def _skimage_loader(name: str) -> Callable[[], np.ndarray]:
@@ -252,7 +288,7 @@ class BuiltinImages(ImageSet):
             except Exception as exc:  # skimage raises various errors for a missing data file
                 raise ValueError(f"cannot load scikit-image's bundled image {image_name!r}: {exc}") from exc
             self._cache[index] = img
-        return convert_channels(self._cache[index], self.channels)
+        return self.converted(index, self._cache[index])
 
 
 class PairedImageFolder(torch.utils.data.Dataset):

@@ -122,8 +122,9 @@ def evaluate(
         limit: evaluate only the first ``limit`` images (a quick check; the rows say how many ran).
 
     Returns:
-        list of dicts with ``set, image, index, height, width, channels, psnr, ssim, psnr_noisy,
-        image_seed, seconds`` and the protocol fields.
+        list of dicts with ``set, image, index, height, width, channels, conversion`` (the channel
+        conversion made on reading, if any), ``psnr, ssim, psnr_noisy, image_seed, seconds`` and the
+        protocol fields.
     """
     paired = getattr(dataset, "paired", False)
     noise = protocol.noise()
@@ -155,15 +156,20 @@ def evaluate(
             with torch.inference_mode():
                 out = denoise(model, noisy[None].to(device), multiple)[0].cpu()
             seconds = time.perf_counter() - start
-            scores = protocol.metrics(out, clean)
+            image = names[i] if names is not None else str(i)
+            try:
+                scores = protocol.metrics(out, clean)
+            except ValueError as exc:
+                raise ValueError(f"{name} image {image!r}: {exc}") from None
             c, h, w = clean.shape
             rows.append({
                 "set": name,
-                "image": names[i] if names is not None else str(i),
+                "image": image,
                 "index": i,
                 "height": h,
                 "width": w,
                 "channels": c,
+                "conversion": getattr(dataset, "__dict__", {}).get("conversions", {}).get(i, ""),
                 **scores,
                 "psnr_noisy": protocol.metrics.psnr(noisy, clean),
                 "image_seed": seed,
@@ -176,16 +182,20 @@ def evaluate(
 
 
 def summarize(rows: Iterable[dict[str, object]]) -> list[dict[str, object]]:
-    """Mean PSNR/SSIM per set, keeping the protocol fields (which must agree within a set)."""
+    """Mean PSNR/SSIM per set, keeping the protocol fields (which must agree within a set) and the
+    channel conversions reading it needed (``conversion``, empty for none)."""
     by_set: dict[str, list[dict[str, object]]] = {}
     for row in rows:
         by_set.setdefault(str(row["set"]), []).append(row)
-    skip = {"image", "index", "height", "width", "channels", "psnr", "ssim", "psnr_noisy", "image_seed", "seconds"}
+    skip = {"image", "index", "height", "width", "channels", "conversion", "psnr", "ssim", "psnr_noisy", "image_seed",
+            "seconds"}
     out = []
     for name, group in by_set.items():
         summary: dict[str, object] = {"set": name, "images": len(group)}
         summary["psnr"] = statistics.fmean(float(r["psnr"]) for r in group)
         summary["ssim"] = statistics.fmean(float(r["ssim"]) for r in group)
+        # Which conversions reading the set needed (grey to colour, ...), so a number from another protocol shows.
+        summary["conversion"] = "; ".join(sorted({str(r["conversion"]) for r in group if r.get("conversion")}))
         for key in group[0]:
             if key in skip or key in summary:
                 continue

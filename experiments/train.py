@@ -316,7 +316,8 @@ def fit(
         scheduler.step()
         last_loss = float(value.detach())
         if not math.isfinite(last_loss):
-            raise ValueError(f"the training loss became {last_loss} at iteration {iteration}; lower train.lr")
+            run = (meta or {}).get("run_id", "the run")
+            raise ValueError(f"the training loss became {last_loss} at iteration {iteration} of {run}; lower train.lr")
         losses.append(last_loss)
         step_seconds = time.perf_counter() - tic
         seconds += step_seconds

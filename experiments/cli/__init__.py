@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse reads a value that starts with "-" (``--shard -1/2``) as another option; say what was wrong.
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--shard" and value.startswith("-"):
+            parser.exit(2, f"dynfilter: error: --shard takes i/n with 0 <= i < n (e.g. 0/4), got {value!r}\n")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         if dst.is_dir() or dst.suffix.lower() not in IMAGE_EXTENSIONS:
             raise ValueError(f"OUT must be an image file name ending in one of {IMAGE_EXTENSIONS}, got {dst}")
         targets = [(src, dst)]
+    overwritten = [str(a) for a, b in targets if b.resolve() == a.resolve()]
+    if overwritten:
+        raise ValueError(f"OUT would overwrite the input image {overwritten[0]}; write the denoised image elsewhere")
 
     device = resolve_device(args.device)
     model, state = model_from_checkpoint(args.checkpoint, device)

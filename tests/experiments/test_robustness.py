@@ -106,3 +106,81 @@ def test_the_config_is_checked_before_anything_is_written(tmp_path, capsys):
             assert message in capsys.readouterr().err, override
     assert not out.exists()
     assert torch.get_num_threads() >= 1
+
+
+def test_denoise_refuses_to_overwrite_its_input(trained, tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["denoise", str(image), str(image), "--checkpoint", str(trained)]) == 2
+    assert "would overwrite the input image" in capsys.readouterr().err
+    assert Image.open(image).size == (8, 8)
+
+
+@pytest.mark.parametrize("shard", ["-1/2", "3/2", "a/b"])
+def test_a_bad_shard_says_what_is_expected(tmp_path, capsys, shard):
+    try:
+        code = main(["sweep", "dncnn", "--preset", "smoke", "--out", str(tmp_path), "--shard", shard])
+    except SystemExit as exit_:  # a value starting with "-" is refused while parsing
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--shard takes i/n with 0 <= i < n" in err and f"got {shard!r}" in err
+
+
+def test_a_test_image_too_small_for_the_metrics_is_named(tmp_path):
+    from PIL import Image
+
+    from experiments.data import ImageFolder
+    from experiments.protocol import TestProtocol, evaluate
+
+    Image.new("RGB", (1, 1)).save(tmp_path / "tiny.png")
+    model = torch.nn.Conv2d(3, 3, 1)
+    with pytest.raises(ValueError, match=r"images image 'tiny.png': ssim: image \(1, 1\) is smaller than the 11x11 window"):
+        evaluate(model, ImageFolder(tmp_path, name="images"), TestProtocol(sigma=25))
+
+
+def test_sixteen_bit_and_alpha_images(tmp_path):
+    import struct
+    import zlib
+
+    import numpy as np
+
+    from experiments.data import ConversionWarning, read_image
+
+    def png(path, array, depth, colour):
+        h, w = array.shape[:2]
+        raw = b"".join(b"\x00" + array[y].astype(">u2" if depth == 16 else "u1").tobytes() for y in range(h))
+
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        header = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+    values = (np.arange(4 * 4 * 4).reshape(4, 4, 4) * 1000).astype(np.uint16)
+    png(tmp_path / "rgb16.png", values[..., :3], 16, 2)
+    png(tmp_path / "grey16.png", values[..., 0], 16, 0)
+    for name in ("rgb16.png", "grey16.png"):
+        with pytest.raises(ValueError, match=f"{name} is a 16-bit PNG; dynfilter reads 8-bit images"):
+            read_image(tmp_path / name)
+    png(tmp_path / "rgba.png", (values % 256).astype(np.uint8), 8, 6)
+    with pytest.warns(ConversionWarning, match=r"rgba.png: the alpha channel is dropped \(RGBA read as RGB\)"):
+        rgb = read_image(tmp_path / "rgba.png")
+    assert rgb.shape == (4, 4, 3) and np.array_equal(rgb, (values % 256).astype(np.uint8)[..., :3])
+
+
+def test_a_conversion_is_announced_and_recorded(tmp_path):
+    from PIL import Image
+
+    from experiments.data import ConversionWarning, ImageFolder
+    from experiments.protocol import TestProtocol, evaluate, summarize
+
+    for i in range(2):
+        Image.new("L", (16, 16), color=40 * i).save(tmp_path / f"g{i}.png")
+    folder = ImageFolder(tmp_path, channels=3, name="greys")
+    with pytest.warns(ConversionWarning, match="greys: images converted from grey to colour"):
+        rows = evaluate(torch.nn.Conv2d(3, 3, 1), folder, TestProtocol(sigma=25))
+    assert {r["conversion"] for r in rows} == {"grey to colour (grey repeated)"}
+    assert summarize(rows)[0]["conversion"] == "grey to colour (grey repeated)"
