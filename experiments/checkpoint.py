@@ -31,6 +31,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "snapshot_path",
+    "check_fits",
     "build_model",
     "model_from_checkpoint",
     "recipe_names",
@@ -152,8 +153,11 @@ def _read_weights(path: Path, map_location: str | torch.device) -> tuple[dict[st
     return meta, state
 
 
-def _check_fits(expected: Mapping[str, Any], given: Mapping[str, Any], what: str) -> None:
-    """Raise one readable ``ValueError`` naming a few missing, unexpected and mis-shaped keys."""
+def check_fits(expected: Mapping[str, Any], given: Mapping[str, Any], what: str) -> None:
+    """Raise one readable ``ValueError`` naming a few missing, unexpected and mis-shaped keys.
+
+    Call it before ``load_state_dict``: a strict load that fails has already copied the keys that fit.
+    """
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
@@ -207,7 +211,7 @@ def model_from_checkpoint(
     weights = dict(weights)
     if tested:
         weights.update(meta.get("tested_buffers") or {})
-    _check_fits(model.state_dict(), weights, f"the weights in {path} do not fit {model_name}({model_kwargs})")
+    check_fits(model.state_dict(), weights, f"the weights in {path} do not fit {model_name}({model_kwargs})")
     model.load_state_dict(weights, strict=True)
     info = {**meta, "model": weights, "model_name": model_name, "model_kwargs": model_kwargs, "recipe": recipe}
     return model.to(map_location).eval(), info

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import ddp
-from .checkpoint import load_checkpoint, save_checkpoint, snapshot_path
+from .checkpoint import check_fits, load_checkpoint, save_checkpoint, snapshot_path
 from .settings import Train
 
 __all__ = [
@@ -268,6 +268,7 @@ def fit(
                 f"checkpoint {checkpoint} has done {state['iteration']} iterations, more than the "
                 f"{settings.iterations} asked for; use a new run folder"
             )
+        check_fits(model.state_dict(), state["model"], f"the weights in {checkpoint} do not fit this model")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

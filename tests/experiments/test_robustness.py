@@ -184,3 +184,22 @@ def test_a_conversion_is_announced_and_recorded(tmp_path):
         rows = evaluate(torch.nn.Conv2d(3, 3, 1), folder, TestProtocol(sigma=25))
     assert {r["conversion"] for r in rows} == {"grey to colour (grey repeated)"}
     assert summarize(rows)[0]["conversion"] == "grey to colour (grey repeated)"
+
+
+def test_a_resume_into_another_model_leaves_it_as_it_was(tmp_path):
+    from experiments.checkpoint import build_model
+    from experiments.noise import GaussianNoise
+    from experiments.settings import Train
+    from experiments.train import PatchSampler, fit, l2_loss
+
+    images = [torch.rand(3, 20, 20)]
+    sampler = PatchSampler(images, patch_size=8, batch_size=2)
+    small = build_model("dncnn", {"depth": 3, "channels": 4}, seed=0)
+    fit(small, sampler, l2_loss, Train(iterations=2), seed=0, noise=GaussianNoise(25), checkpoint=tmp_path / "c.pt",
+        meta={"model_name": "dncnn", "model_kwargs": {"depth": 3, "channels": 4}}, progress=False)
+    other = build_model("dncnn", {"depth": 4, "channels": 4}, seed=1)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match=r"do not fit this model: 7 missing keys .*body.5.weight \(3, 4, 3, 3\) vs \(4, 4, 3, 3\)"):
+        fit(other, sampler, l2_loss, Train(iterations=4), seed=0, noise=GaussianNoise(25), checkpoint=tmp_path / "c.pt",
+            progress=False)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
