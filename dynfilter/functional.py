@@ -132,6 +132,8 @@ def check_dynamic_filter_args(x: torch.Tensor, kernels: torch.Tensor, kernel_siz
         )
     if kernels.device != x.device:
         raise ValueError(f"x is on {x.device} but kernels are on {kernels.device}")
+    if not (x.dtype.is_floating_point and kernels.dtype.is_floating_point):
+        raise ValueError(f"x and kernels must be floating-point tensors, got {x.dtype} and {kernels.dtype}")
 
 
 def dynamic_filter(

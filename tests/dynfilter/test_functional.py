@@ -64,11 +64,14 @@ def test_empty_batch():
         ((1, 3, 5, 4), (1, 27, 5, 4), {"dilation": 0}, r"dilation must be a positive int, got 0"),
         ((1, 3, 5, 4), (1, 27, 5, 4), {"dilation": -2}, r"dilation must be a positive int, got -2"),
         ((1, 3, 5, 4), (1, 27, 5, 4), {"impl": "nope"}, r"unknown impl 'nope'"),
+        ((1, 3, 5, 4), (1, 27, 5, 4), {"kernel_dtype": torch.int64},
+         r"x and kernels must be floating-point tensors, got torch.float32 and torch.int64"),
     ],
 )
 def test_bad_input_raises_value_error(x_shape, k_shape, kwargs, match):
+    dtype = kwargs.pop("kernel_dtype", torch.float32)
     with pytest.raises(ValueError, match=match):
-        dynamic_filter(torch.randn(x_shape), torch.randn(k_shape), **kwargs)
+        dynamic_filter(torch.randn(x_shape), torch.randn(k_shape).to(dtype), **kwargs)
 
 
 def test_set_impls_touches_only_switchable_modules():
