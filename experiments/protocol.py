@@ -97,10 +97,23 @@ def denoise(model: nn.Module, noisy: torch.Tensor, multiple: int = 1) -> torch.T
 
     Padding is on the bottom and right, reflecting (replicating on a side too short to reflect);
     see :func:`backbones.pad_to_multiple`.
+
+    Raises:
+        ValueError: the input or the model's output holds NaN or Inf. A clamp keeps NaN, and a NaN
+            pixel would turn into a NaN PSNR (or a black pixel in a saved image) without a word.
     """
+    _check_finite(noisy, "the input image")
     h, w = noisy.shape[-2:]
-    out = model(pad_to_multiple(noisy, multiple))
-    return out[..., :h, :w].clamp(0.0, 1.0)
+    out = model(pad_to_multiple(noisy, multiple))[..., :h, :w]
+    _check_finite(out, "the model's output")
+    return out.clamp(0.0, 1.0)
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        hint = " (the model has diverged, or its weights are damaged)" if "output" in what else ""
+        raise ValueError(f"{what} holds {bad} NaN or Inf value(s) of {x.numel()}{hint}")
 
 
 def evaluate(
@@ -152,11 +165,14 @@ def evaluate(
                 clean = dataset[i]
                 seed = image_seed(protocol.seed, i, protocol.seed_mode)
                 noisy = noise(clean, seed=seed)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                out = denoise(model, noisy[None].to(device), multiple)[0].cpu()
-            seconds = time.perf_counter() - start
             image = names[i] if names is not None else str(i)
+            start = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    out = denoise(model, noisy[None].to(device), multiple)[0].cpu()
+            except ValueError as exc:
+                raise ValueError(f"{name} image {image!r}: {exc}") from None
+            seconds = time.perf_counter() - start
             try:
                 scores = protocol.metrics(out, clean)
             except ValueError as exc:

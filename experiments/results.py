@@ -30,7 +30,8 @@ import pandas as pd
 
 from ._io import atomic_write, file_lock, remove_stale_temporaries
 
-__all__ = ["ResultsTable", "read_results", "DamagedRow", "DamagedRowWarning", "CHECK_COLUMN"]
+__all__ = ["ResultsTable", "read_results", "read_checked_csv", "write_checked_csv", "DamagedRow", "DamagedRowWarning",
+           "CHECK_COLUMN"]
 
 #: The last column of every row written: the CRC-32 of the rest of the line, as 8 hex digits.
 CHECK_COLUMN = "row_check"
@@ -70,7 +71,7 @@ def _check_line(line: str, header: list[str], checked: bool) -> str | None:
     if len(fields) != len(header):
         return f"it has {len(fields)} of the table's {len(header)} fields: the row was cut short"
     row = dict(zip(header, fields))
-    if not row.get("id"):
+    if "id" in header and not row.get("id"):
         return "it has no id"
     stamp = row.get("timestamp")
     if not checked and stamp:
@@ -83,17 +84,17 @@ def _check_line(line: str, header: list[str], checked: bool) -> str | None:
     return None
 
 
-def _scan(path: Path) -> tuple[pd.DataFrame, list[DamagedRow]]:
+def _scan(path: Path, what: str = "results table") -> tuple[pd.DataFrame, list[DamagedRow]]:
     """The complete rows of the table at ``path`` (without the check column) and its damaged lines."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"cannot read results table {path}: it is not UTF-8 text ({exc})") from exc
+        raise ValueError(f"cannot read {what} {path}: it is not UTF-8 text ({exc})") from exc
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if not lines or not lines[0].strip():
-        raise ValueError(f"cannot read results table {path}: it is empty (no header line)")
+        raise ValueError(f"cannot read {what} {path}: it is empty (no header line)")
     header = next(csv.reader([lines[0]]))
     checked = header[-1] == CHECK_COLUMN
     good, damaged = [lines[0]], []
@@ -106,7 +107,7 @@ def _scan(path: Path) -> tuple[pd.DataFrame, list[DamagedRow]]:
     try:
         df = pd.read_csv(io.StringIO("\n".join(good) + "\n"))
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"cannot read results table {path}: {exc}") from exc
+        raise ValueError(f"cannot read {what} {path}: {exc}") from exc
     return df.drop(columns=[CHECK_COLUMN], errors="ignore"), damaged
 
 
@@ -114,6 +115,35 @@ def _render(df: pd.DataFrame) -> str:
     """``df`` as CSV text, each row ending with its check."""
     lines = df.drop(columns=[CHECK_COLUMN], errors="ignore").to_csv(index=False).splitlines()
     return "\n".join([f"{lines[0]},{CHECK_COLUMN}", *(f"{line},{_crc(line)}" for line in lines[1:])]) + "\n"
+
+
+def write_checked_csv(path: str | os.PathLike, df: pd.DataFrame) -> None:
+    """Write ``df`` atomically as CSV whose rows end with their ``row_check`` (a run's ``images.csv``)."""
+    text = _render(df)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_checked_csv(path: str | os.PathLike, *, warn: bool = True) -> pd.DataFrame:
+    """Read a CSV written by :func:`write_checked_csv`: its complete rows, damaged ones reported and left out.
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "images.csv"
+    >>> write_checked_csv(p, pd.DataFrame({"image": ["a.png", "b.png"], "psnr": [30.0, 31.0]}))
+    >>> _ = p.write_text(p.read_text()[:-3])  # the last row cut short
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always"); rows = read_checked_csv(p)
+    >>> rows["image"].tolist(), "line 3: its row_check does not match" in str(caught[0].message)
+    (['a.png'], True)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"table not found: {path}")
+    df, damaged = _scan(path, "table")
+    if warn:
+        for row in damaged:
+            warnings.warn(str(row).replace("its run counts as not finished", "not counted"), DamagedRowWarning,
+                          stacklevel=2)
+    return df
 
 
 def read_results(path: str | os.PathLike, *, warn: bool = True) -> pd.DataFrame:
@@ -199,8 +229,7 @@ class ResultsTable:
                 self._set_aside(damaged)
             new = pd.DataFrame([{k: v for k, v in dict(row).items() if k != CHECK_COLUMN}])
             df = new if df.empty else pd.concat([df, new], ignore_index=True)
-            text = _render(df)
-            atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            write_checked_csv(self.path, df)
             return True
 
     def _set_aside(self, damaged: list[DamagedRow]) -> Path:

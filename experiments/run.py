@@ -354,9 +354,9 @@ def evaluate_model(
     if per_image is not None:
         import pandas as pd
 
-        from ._io import atomic_write
+        from .results import write_checked_csv
 
-        atomic_write(per_image, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+        write_checked_csv(per_image, pd.DataFrame(rows))  # rows checked as in results.csv
     return out
 
 

@@ -30,11 +30,14 @@ names the twin. Listing ``train.iterations`` first in the grid runs the short bu
 from __future__ import annotations
 
 import copy
+import datetime
 import hashlib
 import itertools
 import json
+import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -42,6 +45,7 @@ from typing import Any, Iterable, Mapping
 from ._io import atomic_write, remove_stale_temporaries, try_file_lock
 from .checkpoint import snapshot_path
 from .config import set_path
+from .results import DamagedRowWarning
 from .run import PAIR_FREE, canonical, check_protocol, settings_hash
 from .settings import RUN_SECTIONS, Measure, RunSettings, plain, section
 
@@ -322,8 +326,21 @@ def keep_config(out: Path, study: Mapping[str, Any] | None, runs: list[Run], mea
         "study": name, "measure": plain(measure), "runs": {r.id: r.settings.to_dict() for r in runs}}
     text = dump_config(content)
     path = out / "configs" / f"{name}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.yaml"
-    if not path.is_file():
-        atomic_write(path, lambda tmp: tmp.write_text(text))
+    if path.is_file():
+        kept = path.read_bytes()
+        if kept == text.encode():
+            return path
+        # Its name is the hash of what it must hold, so any other content is damage from outside.
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = path.with_name(f"{path.name}.damaged-{stamp}")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:  # another process of this sweep moved it first
+            pass
+        warnings.warn(f"config snapshot {path} did not hold the config its name is the hash of "
+                      f"({len(kept)} bytes, {len(text.encode())} expected); moved to {aside} and written again",
+                      DamagedRowWarning, stacklevel=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
 
 

@@ -76,8 +76,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             img = convert_channels(img, channels)
         clean = to_tensor(img)
         noisy = noise(clean, seed=args.seed) if noise is not None else clean
-        with torch.inference_mode():
-            out = denoise(model, noisy[None].to(device), multiple)[0].cpu()
+        try:
+            with torch.inference_mode():
+                out = denoise(model, noisy[None].to(device), multiple)[0].cpu()
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}; {out_path} not written") from None
         pixels = to_uint8(out).permute(1, 2, 0).numpy()
         out_path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).save(out_path)

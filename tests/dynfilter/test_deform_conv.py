@@ -326,7 +326,8 @@ def test_layer_impl_switch_and_set_impls():
     set_impls(block, dynamic_filter="auto")  # leaves the deformable conv alone
     assert (block.impl, block.dcn.impl) == ("auto", "torchvision")
     with pytest.raises(ValueError, match=r"unknown modulated_deform_conv2d impl 'unfold'.*'lean', 'torchvision'"):
-        set_impls(block, modulated_deform_conv2d="unfold")
+        set_impls(block, dynamic_filter="unfold", modulated_deform_conv2d="unfold")
+    assert (block.impl, block.dcn.impl) == ("auto", "torchvision")  # a refused call changes nothing
 
 
 def test_adfnet_lean_matches_reference_on_the_same_weights(one_thread):
