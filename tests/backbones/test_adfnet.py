@@ -221,6 +221,16 @@ def test_tiny_sides_fall_back_to_replicate(narrow):
     torch.testing.assert_close(narrow(x), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (3, 3), (5, 700), (700, 5)])
+def test_tiny_and_thin_images_keep_their_size(narrow, size):
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        out = narrow(x)
+        cropped = narrow.forward_aligned(pad_to_multiple(x, 8))[..., : size[0], : size[1]]
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    torch.testing.assert_close(out, cropped, rtol=1e-5, atol=1e-6)  # conv algorithms differ by padded size
+
+
 def test_pad_to_multiple_by_index():
     x = torch.arange(5 * 2, dtype=torch.float32).view(1, 1, 5, 2)
     rows = torch.tensor([0, 1, 2, 3, 4, 3, 2, 1])  # 5 → 8 by reflection
