@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import CB, DCB, MCB, MDCB, MFI, SEKG, DConv, ModulatedDeformConv2d
-from .spectral import DEFAULT_CUTOFF, high_frequency_share, radial_frequency, radial_power_spectrum
+from .spectral import DEFAULT_CUTOFF, radial_frequency, spectral_summary
 
 __all__ = [
     "BLOCK_TYPES",
@@ -269,11 +269,11 @@ def _stats(t: object, cutoff: float, window: str | None, keep_full: bool) -> Map
     if t.shape[-2] < 2 or t.shape[-1] < 2:
         nan = float("nan")
         return MapStats(tuple(t.shape), t.mean(dim=1).float().cpu(), nan, torch.full((_SPECTRUM_BINS,), nan))
-    _, spectrum = radial_power_spectrum(t, bins=_SPECTRUM_BINS, window=window)
+    share, _, spectrum = spectral_summary(t, cutoff, _SPECTRUM_BINS, window)
     return MapStats(
         shape=tuple(t.shape),
         mean_map=t.mean(dim=1).float().cpu(),
-        hf_share=high_frequency_share(t, cutoff, window),
+        hf_share=share,
         spectrum=spectrum.float(),
         full=t.cpu().clone() if keep_full else None,
     )

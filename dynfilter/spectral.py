@@ -29,12 +29,14 @@ __all__ = [
     "radial_power_spectrum",
     "high_frequency_share",
     "white_noise_share",
+    "spectral_summary",
 ]
 
 #: The default cutoff of :func:`high_frequency_share`, in cycles/pixel (half of Nyquist).
 DEFAULT_CUTOFF = 0.25
 
 _WINDOWS = (None, "hann")
+_CHUNK_ELEMENTS = 1 << 22
 
 
 def _check_maps(x: torch.Tensor) -> None:
@@ -72,11 +74,15 @@ def power_spectrum2d(x: torch.Tensor, window: str | None = "hann") -> torch.Tens
     """
     _check_maps(x)
     h, w = x.shape[-2:]
-    maps = x.detach().reshape(-1, h, w).to(torch.float64)
-    maps = maps - maps.mean(dim=(-2, -1), keepdim=True)
-    win = _window(h, w, window, maps.dtype, maps.device)
-    spectrum = torch.fft.fft2(maps * win).abs().square().mean(dim=0)
-    return spectrum / win.square().sum()
+    maps = x.detach().reshape(-1, h, w)
+    win = _window(h, w, window, torch.float64, maps.device)
+    spectrum = torch.zeros(h, w, dtype=torch.float64, device=maps.device)
+    step = max(1, _CHUNK_ELEMENTS // (h * w))  # a few maps at a time: memory stays bounded for wide tensors
+    for start in range(0, maps.shape[0], step):
+        chunk = maps[start:start + step].to(torch.float64)
+        chunk = chunk - chunk.mean(dim=(-2, -1), keepdim=True)
+        spectrum += torch.fft.fft2(chunk * win).abs().square().sum(dim=0)
+    return spectrum / (maps.shape[0] * win.square().sum())
 
 
 def radial_frequency(h: int, w: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -109,14 +115,22 @@ def radial_power_spectrum(
     >>> centres.shape, power.shape
     (torch.Size([8]), torch.Size([8]))
     """
+    _check_bins(bins)
+    return _radial(power_spectrum2d(x, window), bins)
+
+
+def _check_bins(bins: int) -> None:
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be a positive int, got {bins!r}")
-    power = power_spectrum2d(x, window)
+
+
+def _radial(power: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
     radius = radial_frequency(*power.shape, device=power.device)
     top = math.sqrt(0.5)
     index = (radius / top * bins).long().clamp_(max=bins - 1).flatten()
     sums = torch.zeros(bins, dtype=power.dtype, device=power.device).index_add_(0, index, power.flatten())
-    counts = torch.zeros(bins, dtype=power.dtype, device=power.device).index_add_(0, index, torch.ones(index.numel(), dtype=power.dtype, device=power.device))
+    ones = torch.ones(index.numel(), dtype=power.dtype, device=power.device)
+    counts = torch.zeros(bins, dtype=power.dtype, device=power.device).index_add_(0, index, ones)
     centres = (torch.arange(bins, dtype=torch.float64) + 0.5) * top / bins
     return centres, (sums / counts).cpu()
 
@@ -142,12 +156,30 @@ def high_frequency_share(x: torch.Tensor, cutoff: float = DEFAULT_CUTOFF, window
     0.8
     """
     cutoff = _check_cutoff(cutoff)
-    power = power_spectrum2d(x, window)
+    return _share(power_spectrum2d(x, window), cutoff)
+
+
+def _share(power: torch.Tensor, cutoff: float) -> float:
     total = power.sum()
     if total <= 0:
         return float("nan")
     radius = radial_frequency(*power.shape, device=power.device)
     return float(power[radius > cutoff].sum() / total)
+
+
+def spectral_summary(
+    x: torch.Tensor, cutoff: float = DEFAULT_CUTOFF, bins: int = 32, window: str | None = "hann"
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """``(high_frequency_share, *radial_power_spectrum)`` of ``x`` from one power spectrum (half the FFTs).
+
+    >>> share, centres, power = spectral_summary(torch.randn(2, 16, 16), bins=4)
+    >>> 0 < share < 1, power.shape
+    (True, torch.Size([4]))
+    """
+    cutoff = _check_cutoff(cutoff)
+    _check_bins(bins)
+    power = power_spectrum2d(x, window)
+    return (_share(power, cutoff), *_radial(power, bins))
 
 
 def white_noise_share(cutoff: float = DEFAULT_CUTOFF) -> float:

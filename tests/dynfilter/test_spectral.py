@@ -8,11 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dynfilter import spectral
 from dynfilter.spectral import (
     high_frequency_share,
     power_spectrum2d,
     radial_frequency,
     radial_power_spectrum,
+    spectral_summary,
     white_noise_share,
 )
 
@@ -136,3 +138,13 @@ def test_bad_arguments_say_what_was_expected():
         high_frequency_share(torch.randn(8, 8), window="hamming")
     with pytest.raises(ValueError, match="bins must be"):
         radial_power_spectrum(torch.randn(8, 8), bins=0)
+
+
+def test_chunked_power_and_the_one_pass_summary_agree_with_the_plain_functions(monkeypatch):
+    x = _noise(maps=5, size=24).float()
+    whole = power_spectrum2d(x)
+    monkeypatch.setattr(spectral, "_CHUNK_ELEMENTS", 24 * 24 * 2)  # 2 maps per chunk: 3 chunks
+    torch.testing.assert_close(power_spectrum2d(x), whole, msg="chunks changed the spectrum")
+    share, centres, power = spectral_summary(x, 0.3, bins=7)
+    assert share == pytest.approx(high_frequency_share(x, 0.3), rel=1e-12)
+    torch.testing.assert_close((centres, power), radial_power_spectrum(x, bins=7), msg="summary vs radial spectrum")
