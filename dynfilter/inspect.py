@@ -57,6 +57,8 @@ class MapStats:
         mean_map (Tensor[B, H, W]): the channel mean, float32 on the CPU.
         hf_share: share of spectral energy above the capture's cutoff (:func:`~dynfilter.spectral.high_frequency_share`
             over all ``B·C`` maps); ``nan`` for constant maps.
+        energy: the spectral energy ``Σ_f P(f)`` (:class:`~dynfilter.spectral.SpectralSummary`); ``energy · hf_share``
+            is the part above the cutoff.
         spectrum (Tensor[bins]): the radial power spectrum (:func:`~dynfilter.spectral.radial_power_spectrum`).
         full (Tensor, optional): the tensor itself, only with ``capture(..., keep_full=True)``.
     """
@@ -64,6 +66,7 @@ class MapStats:
     shape: tuple[int, ...]
     mean_map: torch.Tensor
     hf_share: float
+    energy: float
     spectrum: torch.Tensor
     full: torch.Tensor | None = None
 
@@ -121,16 +124,28 @@ class Capture:
     window: str | None
 
     def table(self) -> list[dict[str, object]]:
-        """One row per activation: module, kind, shapes, high-frequency share before and after."""
+        """One row per activation: module, kind, shapes, high-frequency share before and after, and the power gains.
+
+        ``gain_high`` is the output's spectral energy above the cutoff over the input's, ``gain_low`` the same
+        below it (``nan`` where the input is not a 4-D map).
+        """
+        nan = float("nan")
         rows = []
         for a in self.activations.values():
+            i, o = a.input, a.output
+            high = low = nan
+            if i is not None and o is not None and i.energy > 0:
+                high = o.energy * o.hf_share / (i.energy * i.hf_share) if i.hf_share > 0 else nan
+                low = o.energy * (1 - o.hf_share) / (i.energy * (1 - i.hf_share)) if i.hf_share < 1 else nan
             rows.append({
                 "module": a.name,
                 "kind": a.kind,
-                "input_shape": a.input.shape if a.input else None,
-                "output_shape": a.output.shape if a.output else None,
-                "hf_in": a.input.hf_share if a.input else float("nan"),
-                "hf_out": a.output.hf_share if a.output else float("nan"),
+                "input_shape": i.shape if i else None,
+                "output_shape": o.shape if o else None,
+                "hf_in": i.hf_share if i else nan,
+                "hf_out": o.hf_share if o else nan,
+                "gain_high": high,
+                "gain_low": low,
             })
         return rows
 
@@ -268,13 +283,14 @@ def _stats(t: object, cutoff: float, window: str | None, keep_full: bool) -> Map
     t = t.detach()
     if t.shape[-2] < 2 or t.shape[-1] < 2:
         nan = float("nan")
-        return MapStats(tuple(t.shape), t.mean(dim=1).float().cpu(), nan, torch.full((_SPECTRUM_BINS,), nan))
-    share, _, spectrum = spectral_summary(t, cutoff, _SPECTRUM_BINS, window)
+        return MapStats(tuple(t.shape), t.mean(dim=1).float().cpu(), nan, nan, torch.full((_SPECTRUM_BINS,), nan))
+    summary = spectral_summary(t, cutoff, _SPECTRUM_BINS, window)
     return MapStats(
         shape=tuple(t.shape),
         mean_map=t.mean(dim=1).float().cpu(),
-        hf_share=share,
-        spectrum=spectrum.float(),
+        hf_share=summary.share,
+        energy=summary.energy,
+        spectrum=summary.power.float(),
         full=t.cpu().clone() if keep_full else None,
     )
 

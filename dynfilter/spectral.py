@@ -19,6 +19,7 @@ The definition used everywhere in :mod:`dynfilter.inspect` and ``dynfilter inspe
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -29,6 +30,7 @@ __all__ = [
     "radial_power_spectrum",
     "high_frequency_share",
     "white_noise_share",
+    "SpectralSummary",
     "spectral_summary",
 ]
 
@@ -167,19 +169,35 @@ def _share(power: torch.Tensor, cutoff: float) -> float:
     return float(power[radius > cutoff].sum() / total)
 
 
+class SpectralSummary(NamedTuple):
+    """What :func:`spectral_summary` returns."""
+
+    #: :func:`high_frequency_share`.
+    share: float
+    #: ``Σ_f P(f)``, the mean power summed over all frequencies (the windowed variance times ``H·W``).
+    energy: float
+    #: ring centres of :func:`radial_power_spectrum`, cycles/pixel.
+    centres: torch.Tensor
+    #: mean power per ring of :func:`radial_power_spectrum`.
+    power: torch.Tensor
+
+
 def spectral_summary(
     x: torch.Tensor, cutoff: float = DEFAULT_CUTOFF, bins: int = 32, window: str | None = "hann"
-) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """``(high_frequency_share, *radial_power_spectrum)`` of ``x`` from one power spectrum (half the FFTs).
+) -> SpectralSummary:
+    """Share, energy and radial spectrum of ``x`` from one power spectrum (half the FFTs of calling each).
 
-    >>> share, centres, power = spectral_summary(torch.randn(2, 16, 16), bins=4)
-    >>> 0 < share < 1, power.shape
+    ``energy · share`` is the energy above the cutoff, so the ratio of two summaries' ``energy · share``
+    is the gain of a module at high frequencies.
+
+    >>> s = spectral_summary(torch.randn(2, 16, 16), bins=4)
+    >>> 0 < s.share < 1, s.power.shape
     (True, torch.Size([4]))
     """
     cutoff = _check_cutoff(cutoff)
     _check_bins(bins)
     power = power_spectrum2d(x, window)
-    return (_share(power, cutoff), *_radial(power, bins))
+    return SpectralSummary(_share(power, cutoff), float(power.sum()), *_radial(power, bins))
 
 
 def white_noise_share(cutoff: float = DEFAULT_CUTOFF) -> float:

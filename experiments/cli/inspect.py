@@ -51,6 +51,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=int, metavar="N", help="use the central NxN crop of each image (faster)")
     parser.add_argument("--figures", choices=("first", "all", "none"), default="first",
                         help="draw figures for the first image (default), every image, or none")
+    parser.add_argument("--dpi", type=int, default=110, help="resolution of the PNG figures (default 110)")
     add_device_argument(parser, default="cpu")
     parser.add_argument("--out", required=True, help="folder for the figures and summary.md")
 
@@ -100,6 +101,10 @@ def _f(value: float) -> str:
     return "n/a" if value is None or value != value else f"{value:.4f}"
 
 
+def _gain(value: float) -> str:
+    return "n/a" if value != value else f"×{value:.3g}"
+
+
 def _spread(values: list[float]) -> tuple[float, float, float, float]:
     values = [v for v in values if v == v]
     if not values:
@@ -109,8 +114,10 @@ def _spread(values: list[float]) -> tuple[float, float, float, float]:
     return mean, sd, min(values), max(values)
 
 
-def _cell(values: list[float], sign: str = "") -> str:
+def _cell(values: list[float], sign: str = "", digits: int = 4) -> str:
     mean, sd, lo, hi = _spread(values)
+    if digits != 4:
+        return f"{mean:.{digits}g} ± {sd:.2g} [{lo:.{digits}g}, {hi:.{digits}g}]"
     return f"{mean:{sign}.4f} ± {sd:.4f} [{lo:{sign}.4f}, {hi:{sign}.4f}]"
 
 
@@ -119,10 +126,12 @@ def summary_markdown(header: list[str], per_image: list[dict[str, Any]]) -> str:
     lines = ["# dynfilter inspect", "", *header, ""]
     for entry in per_image:
         lines += [f"## {entry['image']}", "", entry["note"], "",
-                  "| module | kind | output shape | high-frequency share before → after |", "|---|---|---|---|"]
+                  "| module | kind | output shape | high-frequency share before → after | power gain above / below cutoff |",
+                  "|---|---|---|---|---|"]
         for r in entry["rows"]:
             shape = "×".join(map(str, r["output_shape"])) if r["output_shape"] else "n/a"
-            lines.append(f"| `{r['module']}` | {r['kind']} | {shape} | {_f(r['hf_in'])} → {_f(r['hf_out'])} |")
+            lines.append(f"| `{r['module']}` | {r['kind']} | {shape} | {_f(r['hf_in'])} → {_f(r['hf_out'])} | "
+                         f"{_gain(r['gain_high'])} / {_gain(r['gain_low'])} |")
         if entry["kernels"]:
             lines += ["", "| kernels of | k | channels | mean energy Σw² | mean high-pass share | mean DC gain Σw |",
                       "|---|---|---|---|---|---|"]
@@ -132,11 +141,13 @@ def summary_markdown(header: list[str], per_image: list[dict[str, Any]]) -> str:
         lines.append("")
     if len(per_image) > 1:
         lines += [f"## Over {len(per_image)} images (mean ± sd, [min, max])", "",
-                  "| module | kind | share before | share after | after − before |", "|---|---|---|---|---|"]
+                  "| module | kind | share before | share after | after − before | gain above cutoff | gain below cutoff |",
+                  "|---|---|---|---|---|---|---|"]
         for i, r in enumerate(per_image[0]["rows"]):
             rows = [e["rows"][i] for e in per_image if i < len(e["rows"]) and e["rows"][i]["module"] == r["module"]]
             cells = [_cell([x["hf_in"] for x in rows]), _cell([x["hf_out"] for x in rows]),
-                     _cell([x["hf_out"] - x["hf_in"] for x in rows], "+")]
+                     _cell([x["hf_out"] - x["hf_in"] for x in rows], "+"),
+                     _cell([x["gain_high"] for x in rows], "", 3), _cell([x["gain_low"] for x in rows], "", 3)]
             lines.append(f"| `{r['module']}` | {r['kind']} | {' | '.join(cells)} |")
         if per_image[0]["kernels"]:
             lines += ["", "| kernels of | mean high-pass share (mean ± sd over images) |", "|---|---|"]
@@ -163,6 +174,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.sigma < 0:
         raise ValueError(f"--sigma must be 0 or more, got {args.sigma:g}")
+    if args.dpi < 10:
+        raise ValueError(f"--dpi must be at least 10, got {args.dpi}")
     if args.crop is not None and args.crop < 2:
         raise ValueError(f"--crop must be at least 2 pixels, got {args.crop}")
     white_noise_share(args.cutoff)  # checks the cutoff before the slow part
@@ -206,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "dc_gain": float(k.dc_gain.mean())} for k in c.kernels.values()]
         entry = {"image": name, "note": note, "rows": c.table(), "kernels": kernels}
         if args.figures == "all" or (args.figures == "first" and index == 0):
-            entry["figures"] = [str(p) for p in plot_capture(c, out, noisy, pixels, prefix=f"{name}-")]
+            entry["figures"] = [str(p) for p in plot_capture(c, out, noisy, pixels, prefix=f"{name}-", dpi=args.dpi)]
         per_image.append(entry)
         print(f"{name}: {len(entry['rows'])} modules, {len(kernels)} kernel sets; {note}")
     text = summary_markdown(header, per_image)

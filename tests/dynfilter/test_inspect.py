@@ -18,7 +18,7 @@ from dynfilter.inspect import (
     landmark_pixels,
     select_modules,
 )
-from dynfilter.spectral import high_frequency_share, radial_frequency, white_noise_share
+from dynfilter.spectral import high_frequency_share, radial_frequency, spectral_summary, white_noise_share
 from dynfilter.surgery import recipes
 
 
@@ -41,6 +41,11 @@ def test_recorded_maps_equal_the_modules_recomputed_by_hand():
     torch.testing.assert_close(c.activations["conv1"].output.mean_map, mid.mean(dim=1), msg="conv1 channel mean")
     torch.testing.assert_close(c.activations["dconv"].input.mean_map, mid.mean(dim=1), msg="DConv input")
     assert c.activations["dconv"].output.hf_share == pytest.approx(high_frequency_share(dconv_out), rel=1e-6)
+    # The power gains above and below the cutoff, from two summaries computed here.
+    a, b = spectral_summary(mid), spectral_summary(dconv_out)
+    row = next(r for r in c.table() if r["module"] == "dconv")
+    assert row["gain_high"] == pytest.approx(b.energy * b.share / (a.energy * a.share), rel=1e-6)
+    assert row["gain_low"] == pytest.approx(b.energy * (1 - b.share) / (a.energy * (1 - a.share)), rel=1e-6)
     torch.testing.assert_close(c.output, out, msg="the model's output")
     assert c.activations["conv2"].output.full is None  # reductions only, unless asked
     full = capture(block, x, ["conv2"], keep_full=True).activations["conv2"]
@@ -161,3 +166,17 @@ def test_landmarks_find_the_edge_and_the_flat_part():
     assert 22 <= marks["flat"][1] <= 27 or marks["flat"][1] >= 35
     assert marks["centre"] == (20, 30)
     assert not math.isnan(float(marks["edge"][0]))
+
+
+def test_the_power_gains_of_a_blur_are_its_mean_squared_response_on_each_side_of_the_cutoff():
+    # Independent truth: for white input, the expected gain is the mean of |H(f)|² over the frequencies of that side.
+    conv = nn.Conv2d(1, 1, 5, padding=2, bias=False)
+    t = torch.arange(-2, 3, dtype=torch.float32)
+    g = torch.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / 4.5)  # a Gaussian, σ = 1.5 px
+    conv.weight.data = (g / g.sum())[None, None]
+    row = capture(nn.Sequential(conv), torch.randn(8, 1, 96, 96), ["0"]).table()[0]
+    response = torch.fft.fft2(conv.weight.data[0, 0].double(), s=(96, 96)).abs().square()
+    above = radial_frequency(96, 96) > 0.25
+    assert row["gain_high"] == pytest.approx(response[above].mean().item(), rel=0.15, abs=2e-3)
+    assert row["gain_low"] == pytest.approx(response[~above].mean().item(), rel=0.1)
+    assert row["gain_high"] < 0.02 and row["hf_out"] < row["hf_in"]

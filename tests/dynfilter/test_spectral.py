@@ -145,6 +145,9 @@ def test_chunked_power_and_the_one_pass_summary_agree_with_the_plain_functions(m
     whole = power_spectrum2d(x)
     monkeypatch.setattr(spectral, "_CHUNK_ELEMENTS", 24 * 24 * 2)  # 2 maps per chunk: 3 chunks
     torch.testing.assert_close(power_spectrum2d(x), whole, msg="chunks changed the spectrum")
-    share, centres, power = spectral_summary(x, 0.3, bins=7)
+    share, energy, centres, power = spectral_summary(x, 0.3, bins=7)
     assert share == pytest.approx(high_frequency_share(x, 0.3), rel=1e-12)
     torch.testing.assert_close((centres, power), radial_power_spectrum(x, bins=7), msg="summary vs radial spectrum")
+    # Parseval: without a window the energy is H·W times the mean variance of the maps.
+    variance = x.double().var(dim=(-2, -1), unbiased=False).mean().item()
+    assert spectral_summary(x, window=None).energy == pytest.approx(24 * 24 * variance, rel=1e-6)

@@ -13,7 +13,7 @@ from experiments.cli import main
 from experiments.data import BuiltinImages, to_tensor
 from experiments.noise import GaussianNoise
 
-_ROW = re.compile(r"^\| `([^`]+)` \| (\w+) \| ([\d×]+) \| ([\d.]+) → ([\d.]+) \|$")
+_ROW = re.compile(r"^\| `([^`]+)` \| (\w+) \| ([\d×]+) \| ([\d.]+) → ([\d.]+) \| (×[\d.e+-]+|n/a) / (×[\d.e+-]+|n/a) \|$")
 
 
 @pytest.fixture
@@ -26,13 +26,14 @@ def checkpoint(tmp_path):
     return path
 
 
-def _table(text: str, image: str) -> dict[str, tuple[str, str, float, float]]:
+def _table(text: str, image: str) -> dict[str, tuple]:
     section = text.split(f"## {image}\n", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         m = _ROW.match(line)
         if m:
-            rows[m[1]] = (m[2], m[3], float(m[4]), float(m[5]))
+            gains = [float("nan") if g == "n/a" else float(g[1:]) for g in (m[6], m[7])]
+            rows[m[1]] = (m[2], m[3], float(m[4]), float(m[5]), *gains)
     return rows
 
 
@@ -48,9 +49,10 @@ def test_the_table_holds_the_library_numbers_for_the_same_noisy_crop(checkpoint,
     expected = capture(model, noisy, ["body.0", "body.2", "body.2.sekg"]).table()
     assert set(rows) == {r["module"] for r in expected}
     for r in expected:
-        kind, shape, before, after = rows[r["module"]]
+        kind, shape, before, after, high, low = rows[r["module"]]
         assert (kind, shape) == (r["kind"], "×".join(map(str, r["output_shape"])))
         assert before == pytest.approx(r["hf_in"], abs=6e-5) and after == pytest.approx(r["hf_out"], abs=6e-5), r
+        assert high == pytest.approx(r["gain_high"], rel=6e-3) and low == pytest.approx(r["gain_low"], rel=6e-3), r
     assert rows["body.2"][0] == "DConv"
     for stem in ("features", "spectra", "kernel_maps", "kernel_tiles"):
         for ext in ("png", "svg"):
