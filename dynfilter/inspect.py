@@ -73,13 +73,18 @@ class MapStats:
 
 @dataclass
 class Activation:
-    """What one module received and returned (its first positional argument and its output)."""
+    """What one module received and returned (its first positional argument and its output).
+
+    ``finished`` is the rank of the module's first call among the captured modules by the time it returned,
+    so sorting by it gives the forward order of modules that do not contain each other.
+    """
 
     name: str
     kind: str
     input: MapStats | None
     output: MapStats | None
     calls: int = 1
+    finished: int = 0
 
 
 @dataclass
@@ -391,7 +396,7 @@ def capture(
                 return
             first = args[0] if args else None
             activations[name] = Activation(name, type(module).__name__, _stats(first, cutoff, window, keep_full),
-                                           _stats(output, cutoff, window, keep_full))
+                                           _stats(output, cutoff, window, keep_full), finished=len(activations))
         return hook
 
     def kernel_hook(name: str, generator: str, k: int, q: torch.Tensor):

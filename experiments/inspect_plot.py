@@ -38,7 +38,7 @@ def _save(plt: Any, fig: Any, out: Path, stem: str, dpi: int) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.svg"]
     for p in paths:
-        fig.savefig(p, dpi=dpi)
+        fig.savefig(p, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return paths
 
@@ -48,14 +48,14 @@ def _share(value: float) -> str:
 
 
 def feature_rows(c: Capture) -> list[tuple[Activation, list[Activation]]]:
-    """``(block, its captured descendants)`` for each captured module that has no captured ancestor."""
+    """``(block, its captured descendants in forward order)`` for each captured module with no captured ancestor."""
     rows: list[tuple[Activation, list[Activation]]] = []
     for name, a in c.activations.items():
         if rows and rows[-1][0].name and name.startswith(rows[-1][0].name + "."):
             rows[-1][1].append(a)
         else:
             rows.append((a, []))
-    return rows
+    return [(block, sorted(inner, key=lambda a: a.finished)) for block, inner in rows]
 
 
 def _short(name: str, root: str) -> str:
@@ -86,7 +86,8 @@ def plot_features(c: Capture, out: str | os.PathLike, stem: str = "features", ma
             title, stats = panels[j]
             image = ax.imshow(maps[j].numpy(), cmap="viridis", vmin=lo, vmax=hi)
             ax.set_title(f"{title}\n{_share(stats.hf_share)}", fontsize=7)
-        fig.colorbar(image, ax=list(axs[i]), fraction=0.015, pad=0.01)
+        bar = fig.colorbar(image, ax=axs[i][len(panels) - 1], fraction=0.046, pad=0.03)  # one scale for the row
+        bar.ax.tick_params(labelsize=6)
     fig.suptitle(f"channel-mean feature maps; hf = share of spectral energy above {c.cutoff:g} cycles/px", fontsize=9)
     return _save(plt, fig, Path(out), stem, dpi)
 

@@ -135,6 +135,10 @@ def test_default_modules_in_registered_rewritten_and_plain_models():
     assert default_modules(plain)[:2] == ["1", "1.dcn"] and "0" not in default_modules(plain)
     c = capture(plain, torch.rand(3, 12, 12))
     assert list(c.kernels) == ["1"] and c.kernels["1"].channels == 8
+    # Registration order in the table; ``finished`` gives the forward order (the branches run before MFI).
+    finished = sorted((a for a in c.activations.values() if a.name.startswith("1.")), key=lambda a: a.finished)
+    assert [a.name for a in finished] == ["1.dcn", "1.sekg", "1.branches.0", "1.branches.1", "1.branches.2",
+                                          "1.mfi", "1.fuse"]
 
 
 def test_selection_by_glob_and_a_wrong_name_lists_close_names():
