@@ -16,7 +16,9 @@ def _loaded(module: str, names: tuple[str, ...]) -> list[str]:
     return eval(out)  # a printed list of strings
 
 
-@pytest.mark.parametrize("module", ["dynfilter", "dynfilter.surgery", "dynfilter.ops", "dynfilter.complexity"])
+@pytest.mark.parametrize(
+    "module", ["dynfilter", "dynfilter.surgery", "dynfilter.ops", "dynfilter.complexity", "dynfilter.inspect"]
+)
 def test_dynfilter_imports_no_higher_layer_and_no_heavy_dependency(module):
     assert _loaded(module, ("backbones", "experiments", "pandas", "matplotlib", "fvcore")) == []
 
