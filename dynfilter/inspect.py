@@ -256,7 +256,7 @@ def landmark_pixels(image: torch.Tensor, margin: int = 8) -> dict[str, tuple[int
     Returns:
         ``{"edge": (y, x), "flat": (y, x), "centre": (y, x)}``.
     """
-    x = image.detach().float()
+    x = image.detach().float().cpu()
     x = x[0] if x.dim() == 4 else x
     if x.dim() != 3:
         raise ValueError(f"expected an image (C, H, W), got shape {tuple(image.shape)}")
