@@ -16,9 +16,12 @@ def _loaded(module: str, names: tuple[str, ...]) -> list[str]:
     return eval(out)  # a printed list of strings
 
 
-@pytest.mark.parametrize("module", ["dynfilter", "dynfilter.surgery", "dynfilter.ops", "dynfilter.complexity"])
+@pytest.mark.parametrize(
+    "module", ["dynfilter", "dynfilter.surgery", "dynfilter.ops", "dynfilter.complexity", "dynfilter.export"]
+)
 def test_dynfilter_imports_no_higher_layer_and_no_heavy_dependency(module):
-    assert _loaded(module, ("backbones", "experiments", "pandas", "matplotlib", "fvcore")) == []
+    heavy = ("pandas", "matplotlib", "fvcore", "onnx", "onnxscript", "onnxruntime")
+    assert _loaded(module, ("backbones", "experiments") + heavy) == []
 
 
 def test_backbones_import_no_experiments():
