@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -150,3 +152,47 @@ def test_example_below_min_size_and_bad_example():
         export_onnx(backbones.build("adfnet", widths=(8, 8, 8, 8)), torch.randn(1, 3, 8, 16))
     with pytest.raises(ValueError, match=r"one example tensor or a sequence of tensors, got \['str'\]"):
         export_onnx(dynfilter.MFI(), ["x"])
+
+
+def test_cli_export_prints_parity_and_opset(tmp_path, capsys):
+    cli = pytest.importorskip("experiments.cli")
+    out = tmp_path / "dncnn_dconv.onnx"
+    argv = ["export", "dncnn", "--kwargs", "depth=3,channels=8", "--recipe", "dncnn_dconv",
+            "--out", str(out), "--check-size", "17x23", "--no-optimize"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"ONNX opset {OPSET}" in printed and "dynamic batch, height and width" in printed
+    assert "on a random 1×3×17×23 image" in printed
+    diff = float(printed.split("max |onnxruntime - PyTorch| = ")[1].split()[0])
+    assert out.is_file() and diff <= TOL
+
+
+def test_cli_export_of_a_checkpoint_with_static_sizes(tmp_path, capsys):
+    cli = pytest.importorskip("experiments.cli")
+    backbones = pytest.importorskip("backbones")
+    kwargs = {"depth": 3, "channels": 8}
+    checkpoint = tmp_path / "checkpoint.pt"
+    state = backbones.build("dncnn", **kwargs).state_dict()
+    torch.save({"model": state, "model_name": "dncnn", "model_kwargs": kwargs}, checkpoint)
+    out = tmp_path / "dncnn.onnx"
+    argv = ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--static", "--example-size", "20x12"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"dncnn from {checkpoint}" in printed and "static 1×3×20×12" in printed
+    dims = onnx.load(out).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 20, 12]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["export", "dncnn", "--out", "x.pt"], r"--out must name a \.onnx file"),
+        (["export", "--out", "x.onnx"], r"give MODEL \(a registered model name\) or --checkpoint PATH"),
+    ],
+)
+def test_cli_export_errors(tmp_path, monkeypatch, capsys, argv, match):
+    cli = pytest.importorskip("experiments.cli")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not list(tmp_path.iterdir()), "nothing written"
