@@ -36,8 +36,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
         Tensor[B, C, H', W']: ``H' = ⌈H / multiple⌉·multiple``, likewise ``W'``; ``x`` itself when aligned.
 
     Under ``torch.export`` (ONNX export, :mod:`dynfilter.export`) the sizes are symbolic, so there is
-    no branch on them: both sides are always reflect-padded (by zero when aligned), which needs sides
-    longer than ``multiple`` pixels; the result is the same.
+    no branch on them: rows and columns are gathered (none added when aligned), with the same
+    reflect-or-replicate rule decided on tensors; the result is the same.
     """
     if torch.compiler.is_exporting():
         return _pad_to_multiple_traced(x, multiple)
@@ -49,20 +49,27 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x
 
 
-def _reflected_index(size: torch.SymInt | int, multiple: int, device: torch.device) -> torch.Tensor:
-    """Indices ``0 … ⌈size / m⌉·m − 1`` reflected at the last pixel (``size − 2, size − 3, …`` past it)."""
+def _padded_index(size: torch.SymInt | int, multiple: int, device: torch.device) -> torch.Tensor:
+    """Source pixel of each of the ``⌈size / m⌉·m`` padded pixels, as :func:`padding_modes` pads.
+
+    Reflected at the last pixel (``size − 2, size − 3, …``) where the side can reflect its padding, else
+    replicated (``size − 1``). The choice is made on tensors, not in Python, so no guard on ``size``.
+    """
     i = torch.arange((size + multiple - 1) // multiple * multiple, device=device)
-    return torch.where(i < size, i, 2 * (size - 1) - i)
+    inside = i < size
+    reflected = torch.where(inside, i, 2 * (size - 1) - i)
+    replicated = torch.where(inside, i, size - 1)
+    return torch.where(reflected.min() >= 0, reflected, replicated)
 
 
 def _pad_to_multiple_traced(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """:func:`pad_to_multiple` without a branch on the size, for symbolic shapes (sides > ``multiple``).
+    """:func:`pad_to_multiple` without a branch on the size, for symbolic shapes.
 
-    Reflection by gathering rows and columns: the padded side is then ``⌈H / m⌉·m`` by construction,
+    Padding by gathering rows and columns: the padded side is then ``⌈H / m⌉·m`` by construction,
     which tells the exporter that it is a multiple of ``m``.
     """
-    rows = _reflected_index(x.shape[-2], multiple, x.device)
-    cols = _reflected_index(x.shape[-1], multiple, x.device)
+    rows = _padded_index(x.shape[-2], multiple, x.device)
+    cols = _padded_index(x.shape[-1], multiple, x.device)
     return x.index_select(-2, rows).index_select(-1, cols)
 
 

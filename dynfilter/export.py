@@ -9,8 +9,11 @@ input times the kernel channels (:mod:`dynfilter.ops.dynamic_filter_onnx`), the 
 not implement ONNX ``DeformConv``. What PyTorch computes is unchanged: the translations are used only
 by the exporter.
 
-The graph keeps batch, height and width symbolic. Models with a ``size_multiple`` above 1 (ADFNet pads
-to a multiple of 8) then take sides above that multiple (``min_size``); others any side of 2 or more.
+The graph keeps batch, height and width symbolic; its inputs keep the forward's argument names (``x``)
+and a single output is named ``output``. The example traced must have sides of at least ``min_size``:
+PyTorch traces a size of 1 as a constant, so a model with a ``size_multiple`` above 1 (ADFNet pads to a
+multiple of 8, so its bottleneck is 1×1 at sides up to 8) is traced at sides above that multiple. The
+graph itself checks no size: the exported ADFNet gives PyTorch's result from 1×1 up.
 
 Needs the ``onnx`` extra (``onnx``, ``onnxscript``; ``onnxruntime`` for :func:`onnx_parity`), imported
 when a function here runs, so ``import dynfilter`` does not load them.
@@ -107,7 +110,7 @@ def _example(inputs: torch.Tensor | Sequence[torch.Tensor], dynamic: bool, min_s
         if t.dim() == 4 and min(t.shape[-2:]) < min_size:
             raise ValueError(
                 f"the example input of size {tuple(t.shape[-2:])} is below min_size={min_size}: "
-                f"the exported graph takes sides of {min_size} or more, so the example must too"
+                f"sizes are traced from {min_size} up, so the example's sides must be at least {min_size}"
             )
     # A batch of 1 would be traced as a constant 1 (PyTorch specialises sizes 0 and 1).
     return tuple(t.expand(2, *t.shape[1:]).contiguous() if t.dim() == 4 and t.shape[0] == 1 else t for t in inputs)
@@ -135,8 +138,8 @@ def export_onnx(
         path (str or PathLike, optional): where to save the ``.onnx`` file.
         dynamic (bool): keep batch, height and width of every 4-D input symbolic (one shared size for
             all of them); ``False`` fixes the example's sizes.
-        min_size (int, optional): the smallest height and width the graph takes; defaults to
-            ``size_multiple + 1`` for a model with a ``size_multiple`` above 1, else 2.
+        min_size (int, optional): the smallest height and width of the traced range (and of the
+            example); defaults to ``size_multiple + 1`` for a model with a ``size_multiple`` above 1, else 2.
         opset (int): the ONNX opset (the translations are written in opset :data:`OPSET`).
         optimize (bool): run the exporter's graph optimiser (constant folding, dead nodes); ``False``
             exports about twice as fast and computes the same.
@@ -171,9 +174,10 @@ def export_onnx(
                 f"{sorted(op.name() for op in onnx_translations())}; a module with an impl switch can use one "
                 "of them, e.g. dynfilter.set_impls(model, modulated_deform_conv2d='lean')"
             )
+        outputs = len(program.graph_signature.user_outputs)
         onnx_program = torch.onnx.export(
             program, (), dynamo=True, opset_version=opset, custom_translation_table=onnx_translations(), verbose=False,
-            optimize=optimize,
+            optimize=optimize, output_names=["output"] if outputs == 1 else [f"output_{i}" for i in range(outputs)],
         )
     if path is not None:
         onnx_program.save(os.fspath(path))
