@@ -11,7 +11,8 @@ The default :class:`TestProtocol` is the published colour protocol (``ADFNet_RGB
 
 Not reproduced: the published grey test's seed 1 is available (``seed=1``) but its tiled inference
 (ours, ``tile=``, blends tiles with a smooth window, see :mod:`experiments.tiling`) and the colour
-test's BGR channel order (spec §11.4) are not; self-ensemble is not offered.
+test's BGR channel order (spec §11.4) are not. Self-ensemble over the 8 flips and rotations is
+available, off by default (``self_ensemble=True``, :mod:`experiments.ensemble`).
 Every row records the protocol fields it used (:meth:`TestProtocol.fields`).
 """
 
@@ -52,6 +53,8 @@ class TestProtocol:
             (:func:`experiments.tiling.denoise_tiled`); ``None`` (the default) denoises whole images.
             Rows record ``tile`` and ``tile_overlap`` only when tiling.
         tile_overlap (int): pixels shared by adjacent tiles.
+        self_ensemble (bool): average the outputs over the 8 flips and rotations of each image
+            (:mod:`experiments.ensemble`); rows record ``self_ensemble`` only when it is on.
 
     >>> TestProtocol(sigma=50).fields()["seed"]
     20
@@ -68,6 +71,7 @@ class TestProtocol:
     metrics: ImageMetrics = field(default_factory=ImageMetrics)
     tile: int | None = None
     tile_overlap: int = 32
+    self_ensemble: bool = False
 
     def __post_init__(self) -> None:
         image_seed(self.seed, 0, self.seed_mode)  # validates seed_mode
@@ -75,6 +79,8 @@ class TestProtocol:
             from .tiling import check_tiling
 
             check_tiling(self.tile, self.tile_overlap)
+        if not isinstance(self.self_ensemble, bool):
+            raise ValueError(f"self_ensemble must be True or False, got {self.self_ensemble!r}")
         if self.pad_multiple is not None and (isinstance(self.pad_multiple, bool) or self.pad_multiple < 1):
             raise ValueError(f"pad_multiple must be a positive int or None, got {self.pad_multiple!r}")
         self.noise()  # validates sigma
@@ -102,6 +108,8 @@ class TestProtocol:
         )
         if self.tile is not None:
             row.update(tile=self.tile, tile_overlap=self.tile_overlap)
+        if self.self_ensemble:
+            row.update(self_ensemble=True)
         row.update(self.metrics.fields())
         return row
 
@@ -161,12 +169,16 @@ def evaluate(
         raise ValueError("sigma=None is only for real noisy/clean pairs; give sigma for a clean image set")
     device = next(iter(model.parameters()), torch.empty(0)).device  # inputs go where the model is
     multiple = protocol.multiple_for(model)
-    run = functools.partial(denoise, multiple=multiple)
+    infer = functools.partial(denoise, model, multiple=multiple)
     if protocol.tile is not None:
         from .tiling import check_tiling, denoise_tiled
 
         check_tiling(protocol.tile, protocol.tile_overlap, multiple)
-        run = functools.partial(denoise_tiled, tile=protocol.tile, overlap=protocol.tile_overlap, multiple=multiple)
+        infer = functools.partial(denoise_tiled, model, tile=protocol.tile, overlap=protocol.tile_overlap, multiple=multiple)
+    if protocol.self_ensemble:
+        from .ensemble import self_ensemble
+
+        infer = functools.partial(self_ensemble, infer)
     fields = protocol.fields(model)
     name = set_name or getattr(dataset, "name", "dataset")
     names = getattr(dataset, "names", None)
@@ -189,7 +201,7 @@ def evaluate(
             start = time.perf_counter()
             try:
                 with torch.inference_mode():
-                    out = run(model, noisy[None].to(device))[0].cpu()
+                    out = infer(noisy[None].to(device))[0].cpu()
             except ValueError as exc:
                 raise ValueError(f"{name} image {image!r}: {exc}") from None
             seconds = time.perf_counter() - start
