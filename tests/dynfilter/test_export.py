@@ -198,3 +198,4 @@ def test_cli_export_errors(tmp_path, monkeypatch, capsys, argv, match):
     assert cli.main(argv) == 2
     assert re.search(match, capsys.readouterr().err)
     assert not list(tmp_path.iterdir()), "nothing written"
+
