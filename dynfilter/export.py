@@ -160,7 +160,8 @@ def export_onnx(
     with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints.*")
         try:
-            program = torch.export.export(model, inputs, dynamic_shapes=_dynamic_shapes(inputs, min_size) if dynamic else None)
+            shapes = _dynamic_shapes(inputs, min_size) if dynamic else None
+            program = torch.export.export(model, inputs, dynamic_shapes=shapes)
         except torch._dynamo.exc.UserError as exc:
             raise ValueError(
                 f"{name} cannot be traced with symbolic batch, height and width (sides >= {min_size}): "

@@ -145,7 +145,7 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str | None = "
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--tile N``, ``--tile-overlap M`` (:mod:`experiments.tiling`) and ``--self-ensemble`` (:mod:`experiments.ensemble`)."""
+    """``--tile N`` and ``--tile-overlap M`` (:mod:`experiments.tiling`), ``--self-ensemble`` (:mod:`experiments.ensemble`)."""
     parser.add_argument("--tile", type=int, metavar="N",
                         help="denoise in N×N tiles blended with a smooth window (bounds the memory); default: whole images")
     parser.add_argument("--tile-overlap", type=int, default=32, metavar="M",

@@ -40,11 +40,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from experiments.checkpoint import model_from_checkpoint
     from experiments.data import IMAGE_EXTENSIONS, convert_channels, read_image, to_tensor
+    from experiments.ensemble import self_ensemble
     from experiments.metrics import ImageMetrics, to_uint8
     from experiments.noise import GaussianNoise
     from experiments.protocol import denoise
     from experiments.run import resolve_device
-    from experiments.ensemble import self_ensemble
     from experiments.tiling import check_tiling, denoise_tiled
 
     src, dst = Path(args.input), Path(args.output)

@@ -11,7 +11,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._args import add_data_root_argument, add_device_argument, add_kwargs_argument, add_inference_arguments, parse_kwargs
+from ._args import (
+    add_data_root_argument,
+    add_device_argument,
+    add_inference_arguments,
+    add_kwargs_argument,
+    parse_kwargs,
+)
 
 __all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
 

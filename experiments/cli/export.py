@@ -56,7 +56,9 @@ def _build(args: argparse.Namespace) -> tuple[Any, str]:
         if args.recipe is not None:
             raise ValueError("--recipe does not go with --checkpoint: the checkpoint records its own surgery")
         model, state = model_from_checkpoint(args.checkpoint, "cpu", model_name=args.model, model_kwargs=kwargs or None)
-        what = f"{state['model_name']} from {args.checkpoint}" + (f" (recipe {state['recipe']})" if state.get("recipe") else "")
+        what = f"{state['model_name']} from {args.checkpoint}"
+        if state.get("recipe"):
+            what += f" (recipe {state['recipe']})"
         return model, what
     if args.model is None:
         raise ValueError("give MODEL (a registered model name) or --checkpoint PATH")
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     diff = onnx_parity(out, model, torch.rand(1, channels, check_h, check_w))
     sizes = "dynamic batch, height and width" if dynamic else f"static 1×{channels}×{example_h}×{example_w}"
     print(f"wrote {out} ({what}; ONNX opset {opset}; {sizes})")
-    print(f"parity: max |onnxruntime - PyTorch| = {diff:.3g} on a random 1×{channels}×{check_h}×{check_w} image (float32)")
+    image = f"1×{channels}×{check_h}×{check_w}"
+    print(f"parity: max |onnxruntime - PyTorch| = {diff:.3g} on a random {image} image (float32)")
     return {"out": str(out), "model": what, "opset": opset, "dynamic": dynamic,
             "check_size": [check_h, check_w], "max_abs_diff": diff}
