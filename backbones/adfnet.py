@@ -17,7 +17,7 @@ from dynfilter import CB, DCB, MCB, MDCB, MFI
 from dynfilter.layers.adfnet_layout import LAYOUTS, PARTS
 
 from ._checks import check_features, check_positive
-from ._padding import pad_to_multiple
+from ._padding import crop, pad_to_multiple
 from .registry import instantiate, register
 
 __all__ = [
@@ -170,7 +170,7 @@ class ADFNet(nn.Module):
         """Denoise ``x (Tensor[B, C, H, W])``, any ``H, W ≥ 1``; returns the same shape."""
         check_features(x, self.in_channels, "ADFNet")
         height, width = x.shape[-2:]
-        return self.forward_aligned(pad_to_multiple(x, self.size_multiple))[..., :height, :width]
+        return crop(self.forward_aligned(pad_to_multiple(x, self.size_multiple)), height, width)
 
     def forward_aligned(self, x: torch.Tensor) -> torch.Tensor:
         """The network itself, on ``x (Tensor[B, C, H, W])`` whose ``H`` and ``W`` are multiples of 8."""

@@ -146,11 +146,29 @@ def _read_weights(path: Path, map_location: str | torch.device) -> tuple[dict[st
     meta: dict[str, Any] = {}
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         meta, state = state, state["model"]
+    elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a published ADFNet_Real checkpoint: {epoch, state_dict, optimizer}
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} holds neither a state_dict nor a dict with a 'model' state_dict")
     if all(k.startswith("module.") for k in state):  # saved from DataParallel / DistributedDataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     return meta, state
+
+
+def _published_adfnet_keys(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` under this package's names when they are a published ADFNet checkpoint for ``model``.
+
+    The official code's key names (``backbones.adfnet.convert_official_state_dict``) are used only when
+    ``weights`` do not fit ``model`` as they are and fit it exactly once renamed; anything else is
+    returned unchanged, for :func:`check_fits` to report.
+    """
+    from backbones.adfnet import ADFNet, convert_official_state_dict
+
+    expected = model.state_dict()
+    if not isinstance(model, ADFNet) or set(weights) == set(expected):
+        return weights
+    renamed = convert_official_state_dict(weights)
+    return renamed if set(renamed) == set(expected) else weights
 
 
 def check_fits(expected: Mapping[str, Any], given: Mapping[str, Any], what: str) -> None:
@@ -181,7 +199,9 @@ def model_from_checkpoint(
 
     The one loader of the project (``dynfilter eval``, ``denoise`` and the BatchNorm re-test use it). It
     reads a training checkpoint (:func:`save_checkpoint`), a ``{"model": state_dict}`` dict or a bare
-    state dict; a ``module.`` prefix (DataParallel) is removed. The architecture is the checkpoint's
+    state dict; a ``module.`` prefix (DataParallel) is removed. A bare state dict for an ADFNet may use
+    the published code's key names (ADFNet_RGB / ADFNet_Gray checkpoints, or ADFNet_Real's
+    ``{"state_dict": …}``); they are renamed. The architecture is the checkpoint's
     ``model_name``/``model_kwargs`` with its surgery ``recipe`` applied, or ``model_name``/``model_kwargs``
     given here (needed for a bare state dict; naming another model than the checkpoint's drops its
     recipe). Weights load strictly; a mismatch names the keys. With ``tested`` (the default) the
@@ -209,6 +229,8 @@ def model_from_checkpoint(
     model_kwargs = dict(model_kwargs or {})
     model = build_model(model_name, model_kwargs, recipe, meta.get("recipe_kwargs") if recipe else None)
     weights = dict(weights)
+    if not meta:
+        weights = _published_adfnet_keys(model, weights)
     if tested:
         weights.update(meta.get("tested_buffers") or {})
     check_fits(model.state_dict(), weights, f"the weights in {path} do not fit {model_name}({model_kwargs})")

@@ -10,12 +10,15 @@ The default :class:`TestProtocol` is the published colour protocol (``ADFNet_RGB
 4. PSNR and SSIM on 8-bit RGB (see :mod:`experiments.metrics`), no border crop.
 
 Not reproduced: the published grey test's seed 1 is available (``seed=1``) but its tiled inference
-and the colour test's BGR channel order (spec §11.4) are not; self-ensemble is not offered.
+(ours, ``tile=``, blends tiles with a smooth window, see :mod:`experiments.tiling`) and the colour
+test's BGR channel order (spec §11.4) are not. Self-ensemble over the 8 flips and rotations is
+available, off by default (``self_ensemble=True``, :mod:`experiments.ensemble`).
 Every row records the protocol fields it used (:meth:`TestProtocol.fields`).
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -46,6 +49,12 @@ class TestProtocol:
         pad_multiple (int, optional): reflect-pad to this multiple; ``None`` uses the model's
             ``size_multiple``.
         metrics (ImageMetrics): PSNR/SSIM settings.
+        tile (int, optional): denoise in tiles of this side, blended over ``tile_overlap`` pixels
+            (:func:`experiments.tiling.denoise_tiled`); ``None`` (the default) denoises whole images.
+            Rows record ``tile`` and ``tile_overlap`` only when tiling.
+        tile_overlap (int): pixels shared by adjacent tiles.
+        self_ensemble (bool): average the outputs over the 8 flips and rotations of each image
+            (:mod:`experiments.ensemble`); rows record ``self_ensemble`` only when it is on.
 
     >>> TestProtocol(sigma=50).fields()["seed"]
     20
@@ -60,9 +69,18 @@ class TestProtocol:
     quantize: bool = False
     pad_multiple: int | None = None
     metrics: ImageMetrics = field(default_factory=ImageMetrics)
+    tile: int | None = None
+    tile_overlap: int = 32
+    self_ensemble: bool = False
 
     def __post_init__(self) -> None:
         image_seed(self.seed, 0, self.seed_mode)  # validates seed_mode
+        if self.tile is not None:
+            from .tiling import check_tiling
+
+            check_tiling(self.tile, self.tile_overlap)
+        if not isinstance(self.self_ensemble, bool):
+            raise ValueError(f"self_ensemble must be True or False, got {self.self_ensemble!r}")
         if self.pad_multiple is not None and (isinstance(self.pad_multiple, bool) or self.pad_multiple < 1):
             raise ValueError(f"pad_multiple must be a positive int or None, got {self.pad_multiple!r}")
         self.noise()  # validates sigma
@@ -88,6 +106,10 @@ class TestProtocol:
             pad_mode="reflect",
             output_clamp="[0,1]",
         )
+        if self.tile is not None:
+            row.update(tile=self.tile, tile_overlap=self.tile_overlap)
+        if self.self_ensemble:
+            row.update(self_ensemble=True)
         row.update(self.metrics.fields())
         return row
 
@@ -147,6 +169,16 @@ def evaluate(
         raise ValueError("sigma=None is only for real noisy/clean pairs; give sigma for a clean image set")
     device = next(iter(model.parameters()), torch.empty(0)).device  # inputs go where the model is
     multiple = protocol.multiple_for(model)
+    infer = functools.partial(denoise, model, multiple=multiple)
+    if protocol.tile is not None:
+        from .tiling import check_tiling, denoise_tiled
+
+        check_tiling(protocol.tile, protocol.tile_overlap, multiple)
+        infer = functools.partial(denoise_tiled, model, tile=protocol.tile, overlap=protocol.tile_overlap, multiple=multiple)
+    if protocol.self_ensemble:
+        from .ensemble import self_ensemble
+
+        infer = functools.partial(self_ensemble, infer)
     fields = protocol.fields(model)
     name = set_name or getattr(dataset, "name", "dataset")
     names = getattr(dataset, "names", None)
@@ -169,7 +201,7 @@ def evaluate(
             start = time.perf_counter()
             try:
                 with torch.inference_mode():
-                    out = denoise(model, noisy[None].to(device), multiple)[0].cpu()
+                    out = infer(noisy[None].to(device))[0].cpu()
             except ValueError as exc:
                 raise ValueError(f"{name} image {image!r}: {exc}") from None
             seconds = time.perf_counter() - start

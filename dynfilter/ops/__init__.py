@@ -9,6 +9,8 @@
   fallback); :mod:`.dynamic_filter_unfold` is the published unfold–multiply–sum, the reference;
 - :mod:`.deform_conv`: the lean modulated deformable convolution (``grid_sample`` + matmul), registered
   as ``dynfilter::modulated_deform_conv2d``.
+- :mod:`.dynamic_filter_onnx` and :mod:`.deform_conv_onnx`: both forward ops in standard ONNX operators,
+  for :mod:`dynfilter.export` (not imported here; they load :mod:`onnxscript` only when they run).
 
 :func:`status` says which backend serves which device now, for reports and benchmarks.
 """

@@ -18,7 +18,8 @@ __all__ = ["main", "build_parser"]
 
 # Subcommand name -> module of this package. Order is the order shown by --help.
 SUBCOMMANDS: tuple[str, ...] = (
-    "info", "profile", "surgery", "train", "eval", "denoise", "inspect", "sweep", "plot", "batchnorm", "bench",
+    "info", "profile", "surgery", "train", "eval", "denoise", "inspect", "export", "sweep", "plot", "batchnorm",
+    "bench",
 )
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "run_flag_paths",
     "add_data_root_argument",
     "add_device_argument",
+    "add_inference_arguments",
     "KWARGS_HELP",
 ]
 
@@ -141,3 +142,14 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str | None = "
     """``--device``: auto (CUDA if available), cpu, cuda or cuda:N."""
     shown = "auto: CUDA if available" if default in (None, "auto") else default
     parser.add_argument("--device", default=default, help=f"auto, cpu, cuda or cuda:N (default: {shown})")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tile N`` and ``--tile-overlap M`` (:mod:`experiments.tiling`), ``--self-ensemble`` (:mod:`experiments.ensemble`)."""
+    parser.add_argument("--tile", type=int, metavar="N",
+                        help="denoise in N×N tiles blended with a smooth window (bounds the memory); default: whole images")
+    parser.add_argument("--tile-overlap", type=int, default=32, metavar="M",
+                        help="pixels shared by adjacent tiles (default 32); a model that sees r pixels around each "
+                        "output gives the whole-image result when M >= 4r")
+    parser.add_argument("--self-ensemble", action="store_true",
+                        help="average the model's outputs over the 8 flips and rotations of each image (8x the time)")

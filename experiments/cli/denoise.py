@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._args import add_device_argument
+from ._args import add_device_argument, add_inference_arguments
 
 __all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
 
@@ -27,10 +27,12 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--add-noise", type=float, metavar="SIGMA",
                         help="treat IN as clean: add AWGN of this sigma first and report PSNR against IN")
     parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default 0)")
+    add_inference_arguments(parser)
     add_device_argument(parser, default="cpu")
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import functools
     from pathlib import Path
 
     import torch
@@ -38,10 +40,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from experiments.checkpoint import model_from_checkpoint
     from experiments.data import IMAGE_EXTENSIONS, convert_channels, read_image, to_tensor
+    from experiments.ensemble import self_ensemble
     from experiments.metrics import ImageMetrics, to_uint8
     from experiments.noise import GaussianNoise
     from experiments.protocol import denoise
     from experiments.run import resolve_device
+    from experiments.tiling import check_tiling, denoise_tiled
 
     src, dst = Path(args.input), Path(args.output)
     if src.is_dir():
@@ -65,6 +69,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     model, state = model_from_checkpoint(args.checkpoint, device)
     channels = int(getattr(model, "in_channels", state["model_kwargs"].get("in_channels", 3)))
     multiple = int(getattr(model, "size_multiple", 1))
+    if args.tile is not None:
+        check_tiling(args.tile, args.tile_overlap, multiple)
+        denoise_one = functools.partial(denoise_tiled, model, tile=args.tile, overlap=args.tile_overlap, multiple=multiple)
+    else:
+        denoise_one = functools.partial(denoise, model, multiple=multiple)
+    if args.self_ensemble:
+        denoise_one = functools.partial(self_ensemble, denoise_one)
     noise = GaussianNoise(args.add_noise) if args.add_noise is not None else None
     rows = []
     for path, out_path in targets:
@@ -78,7 +89,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         noisy = noise(clean, seed=args.seed) if noise is not None else clean
         try:
             with torch.inference_mode():
-                out = denoise(model, noisy[None].to(device), multiple)[0].cpu()
+                out = denoise_one(noisy[None].to(device))[0].cpu()
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}; {out_path} not written") from None
         pixels = to_uint8(out).permute(1, 2, 0).numpy()

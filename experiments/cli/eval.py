@@ -11,7 +11,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._args import add_data_root_argument, add_device_argument, add_kwargs_argument, parse_kwargs
+from ._args import (
+    add_data_root_argument,
+    add_device_argument,
+    add_inference_arguments,
+    add_kwargs_argument,
+    parse_kwargs,
+)
 
 __all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
 
@@ -49,6 +55,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                         help="rgb: all channels (default); y: MATLAB rgb2ycbcr luma")
     parser.add_argument("--border", type=int, default=0, help="pixels cropped from each side before measuring")
     parser.add_argument("--limit", type=int, help="only the first N images of each set (a quick check)")
+    add_inference_arguments(parser)
     add_device_argument(parser)
     parser.add_argument("--out", help="write the per-image rows to this CSV file")
 
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     protocol = TestProtocol(
         sigma=args.sigma, seed=args.seed, seed_mode=args.seed_mode, clip=args.clip, quantize=args.quantize,
         pad_multiple=args.pad_multiple, metrics=ImageMetrics(space=args.metric_space, border=args.border),
+        tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble,
     )
     kwargs = parse_kwargs(args.kwargs) if args.kwargs else None
     model, info = model_from_checkpoint(args.checkpoint, resolve_device(args.device), model_name=args.model,

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 import backbones
 from backbones import pad_to_multiple
+from backbones._padding import crop
 from backbones.adfnet import ADFNet, stage_blocks
 from dynfilter import CB, DCB, MCB, MDCB, MFI
 
@@ -237,6 +238,17 @@ def test_pad_to_multiple_by_index():
     cols = torch.tensor([0, 1, 1, 1, 1, 1, 1, 1])  # 2 → 8 cannot reflect 6: replicate
     torch.testing.assert_close(pad_to_multiple(x, 8), x[:, :, rows][:, :, :, cols], rtol=0, atol=0)
     assert pad_to_multiple(x, 1) is x
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 2), (5, 700), (9, 9), (16, 24), (17, 23), (37, 53)])
+def test_traced_padding_and_crop_match_the_eager_ones(monkeypatch, size):
+    # Under torch.export (ONNX export) padding and crop gather instead of branching on the size.
+    x = torch.rand(2, 3, *size)
+    eager = pad_to_multiple(x, 8)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    traced = pad_to_multiple(x, 8)
+    torch.testing.assert_close(traced, eager, rtol=0, atol=0)
+    torch.testing.assert_close(crop(traced, *size), x, rtol=0, atol=0)
 
 
 def test_full_model_on_odd_crop_and_global_residual():
