@@ -23,6 +23,7 @@ from ._io import atomic_write
 from .gains import cell_table, gain_table, grid_axes, resolve_axis, result_sets, seed_gains, summary_text
 from .results import read_results
 from .stats import LEVEL
+from .table4 import ablation_markdown
 
 __all__ = [
     "markdown_table",
@@ -256,7 +257,8 @@ def plot_results(
     against: str | None = None,
 ) -> dict[str, Any]:
     """Read a results table and write ``gain.{png,svg}``, ``cost.{png,svg}``, ``table.md`` and ``gains.csv``
-    (one row per enhanced configuration: mean gain, interval and verdict per test set) to ``out``.
+    (one row per enhanced configuration: mean gain, interval and verdict per test set) to ``out``, and
+    ``ablation.md`` (the paper's Table 4 beside ours, :mod:`experiments.table4`) when it holds ADFNet runs.
 
     Args:
         results: the CSV, or the folder holding ``results.csv``.
@@ -266,7 +268,7 @@ def plot_results(
 
     Returns:
         dict: ``{"gain": [png, svg], "cost": [png, svg], "table": md path, "gains": csv path or None,
-        "markdown": text, "summary": text}``; ``gain`` is empty and ``gains`` ``None`` when the table holds
+        "markdown": text, "summary": text, "ablation": md path or None}``; ``gain`` is empty and ``gains`` ``None`` when the table holds
         no baseline/enhanced pairs.
     """
     df = read_results(results)
@@ -290,4 +292,9 @@ def plot_results(
     table.write_text(text)
     paths["table"] = table
     paths["markdown"] = text
+    paths["ablation"] = None
+    ablation = ablation_markdown(df, against=against)
+    if ablation:
+        paths["ablation"] = out / "ablation.md"
+        paths["ablation"].write_text(ablation)
     return paths

@@ -46,4 +46,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("gain plot:  none (no enhanced run has a finished baseline yet)")
     print(f"cost plot:  {paths['cost'][0]}  (and .svg)")
     print(f"table:      {paths['table']}")
+    if paths["ablation"]:
+        print(f"Table 4:    {paths['ablation']}  (ablation - ADFNet per seed, beside the paper's numbers)")
     return paths
