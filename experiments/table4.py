@@ -188,14 +188,14 @@ def ablation_markdown(df: pd.DataFrame, level: float = LEVEL, against: str | Non
         point = point if isinstance(point, tuple) else (point,)
         if axes:
             lines += ["**" + ", ".join(f"{a.split('.')[-1]} = {v}" for a, v in zip(axes, point)) + "**", ""]
-        head = ["Table 4 row", "variant", "seeds", "params (M)", "paper params (M)", "GMACs"]
+        head = ["Table 4 row", "variant", "seeds", "params", "paper params (M)", "GMACs"]
         for s in sets:
             head += [f"PSNR {s}", f"Δ {s} ({100 * level:.0f} % CI)", f"verdict {s}"]
         for s in PAPER_SETS:
             head += [f"paper {s}", f"paper Δ {s}"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in sub.iterrows():
-            cells = [str(r["row"]), str(r["variant"]), str(int(r["seeds"])), _num(r["params"] / 1e6, ".3f"),
+            cells = [str(r["row"]), str(r["variant"]), str(int(r["seeds"])), _num(r["params"], ",.0f"),
                      _num(r["paper_params_m"], ".2f"), _num(r["macs"] / 1e9, ".3f")]
             for s in sets:
                 verdict = r.get(f"verdict_{s}")

@@ -105,9 +105,9 @@ def test_ablation_table_against_hand_computed_differences_and_intervals():
     base = table.iloc[2]
     assert math.isnan(base.get("diff_Kodak24", float("nan"))) and base["paper_Kodak24"] == 29.81
     text = ablation_markdown(_hand_table())
-    assert "| w/o DCB | wo_dcb | 3 | 0.990 | 7.64 | 2.000 | 29.38 | −0.12 ± 0.19 | not resolved | 27.20 | −0.30 ± 0.05 | loss | 29.69 | −0.12 | 28.36 | −0.07 |" in text
-    assert "| dynamic everywhere | dyn_all | 1 | 1.100 | 7.30 |" in text and "+0.10 | 1 seed: no verdict" in text
-    assert "| ADFNet (dynamic decoder) | adfnet | 3 | 1.000 | 7.65 | 2.000 | 29.50 | reference |" in text
+    assert "| w/o DCB | wo_dcb | 3 | 990,000 | 7.64 | 2.000 | 29.38 | −0.12 ± 0.19 | not resolved | 27.20 | −0.30 ± 0.05 | loss | 29.69 | −0.12 | 28.36 | −0.07 |" in text
+    assert "| dynamic everywhere | dyn_all | 1 | 1,100,000 | 7.30 |" in text and "+0.10 | 1 seed: no verdict" in text
+    assert "| ADFNet (dynamic decoder) | adfnet | 3 | 1,000,000 | 7.65 | 2.000 | 29.50 | reference |" in text
     assert "29.37" in text and "8,628,579" in text
 
 
