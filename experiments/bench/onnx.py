@@ -4,7 +4,8 @@ Both run on the same weights and input, timed interleaved, with the same intra-o
 (``torch.get_num_threads()``; onnxruntime ``intra_op_num_threads`` set to it, ``inter_op_num_threads`` 1).
 Export time is not timed. Models: ADFNet (colour, base widths; random weights with non-zero deformable
 offsets, :func:`~.models.benchmark_adfnet`) and DnCNN-17/64 with its middle conv replaced by
-``recipes.dncnn_dconv`` (colour).
+``recipes.dncnn_dconv`` (colour, random weights). Without the ``onnx`` extra the suite reports an empty
+table saying so, and ``dynfilter bench`` (all suites) still runs.
 """
 
 from __future__ import annotations
@@ -86,6 +87,12 @@ def onnx_suite(config: BenchConfig) -> list[Section]:
     """ADFNet at 256×256 and DnCNN-17/64 + DConv at 256×256 and 512×512 (tiny in quick mode), ORT vs eager."""
     if config.device != "cpu":
         raise ValueError(f"the onnx suite runs on CPU (onnxruntime's CPU provider), got device {config.device!r}")
+    import importlib.util
+
+    title = "onnxruntime vs PyTorch inference"
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:  # so that `dynfilter bench` (all suites) still runs without the onnx extra
+        return [Section(title, [], columns=ONNX_COLUMNS, note=f"Skipped: {', '.join(missing)} not installed (pip install -e '.[onnx]').")]
     from .models import benchmark_adfnet
 
     adfnet, _, _ = benchmark_adfnet(config)
@@ -99,4 +106,4 @@ def onnx_suite(config: BenchConfig) -> list[Section]:
         "wrote (export not timed) against torch.inference_mode() eager, same intra-op threads; "
         "ort/torch < 1 means onnxruntime is faster."
     )
-    return [Section("onnxruntime vs PyTorch inference", rows, columns=ONNX_COLUMNS, note=note)]
+    return [Section(title, rows, columns=ONNX_COLUMNS, note=note)]

@@ -8,9 +8,6 @@ import pytest
 
 from experiments.bench.harness import SUITES, BenchConfig, format_markdown
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
-
 QUICK = BenchConfig(repeat=1, warmup=0, quick=True)
 
 
@@ -18,7 +15,21 @@ def test_onnx_suite_is_registered():
     assert SUITES["onnx"] == "experiments.bench.onnx:onnx_suite"
 
 
+def test_onnx_suite_without_onnxruntime_reports_an_empty_table(monkeypatch):
+    import importlib.util
+
+    from experiments.bench.onnx import ONNX_COLUMNS, onnx_suite
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+    (section,) = onnx_suite(QUICK)
+    assert section.rows == [] and tuple(section.columns) == ONNX_COLUMNS
+    assert "onnxruntime not installed" in section.note
+
+
 def test_onnx_suite_quick(one_thread):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
     from experiments.bench.onnx import ONNX_COLUMNS, onnx_suite
 
     (section,) = onnx_suite(QUICK)
