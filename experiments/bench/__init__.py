@@ -4,7 +4,8 @@
   and :data:`~.harness.SUITES`, the registry of suites by name;
 - :mod:`.dynamic`: the dynamic filter against its unfold reference, and ADFNet inference;
 - :mod:`.deform`: the modulated deformable conv against torchvision's, and an ADFNet training step;
-- :mod:`.models`: the ADFNet both whole-model suites time.
+- :mod:`.onnx`: onnxruntime (CPU) against PyTorch eager inference of exported ADFNet and DnCNN + DConv;
+- :mod:`.models`: the ADFNet the whole-model suites time.
 
 Method and results: ``docs/performance.md``.
 """

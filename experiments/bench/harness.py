@@ -75,6 +75,7 @@ SUITES: dict[str, str] = {
     "adfnet": "experiments.bench.dynamic:adfnet_suite",
     "deform": "experiments.bench.deform:deform_suite",
     "model": "experiments.bench.deform:model_suite",
+    "onnx": "experiments.bench.onnx:onnx_suite",
 }
 
 Row = dict[str, Any]

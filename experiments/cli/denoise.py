@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._args import add_device_argument, add_inference_arguments
+from ._args import add_device_argument, add_inference_arguments, add_kwargs_argument, parse_kwargs
 
 __all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
 
@@ -23,7 +23,11 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of this subcommand."""
     parser.add_argument("input", metavar="IN", help="noisy image file or folder")
     parser.add_argument("output", metavar="OUT", help="output file (or folder)")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt from dynfilter train / sweep")
+    parser.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True,
+                        help="checkpoint.pt from dynfilter train / sweep, or a bare or published state dict "
+                        "(--weights is the same option; give --model for a state dict)")
+    parser.add_argument("--model", help="registered model name; optional when the checkpoint records model_name")
+    add_kwargs_argument(parser)
     parser.add_argument("--add-noise", type=float, metavar="SIGMA",
                         help="treat IN as clean: add AWGN of this sigma first and report PSNR against IN")
     parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default 0)")
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise ValueError(f"OUT would overwrite the input image {overwritten[0]}; write the denoised image elsewhere")
 
     device = resolve_device(args.device)
-    model, state = model_from_checkpoint(args.checkpoint, device)
+    kwargs = parse_kwargs(args.kwargs) if args.kwargs else None
+    model, state = model_from_checkpoint(args.checkpoint, device, model_name=args.model, model_kwargs=kwargs)
     channels = int(getattr(model, "in_channels", state["model_kwargs"].get("in_channels", 3)))
     multiple = int(getattr(model, "size_multiple", 1))
     if args.tile is not None:

@@ -38,8 +38,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of this subcommand."""
     parser.add_argument("--model", help="registered model name; optional when the checkpoint records model_name")
     add_kwargs_argument(parser)
-    parser.add_argument("--checkpoint", required=True,
-                        help="a state_dict, or a dict with 'model' (and optionally 'model_name', 'model_kwargs')")
+    parser.add_argument("--checkpoint", "--weights", dest="checkpoint", required=True,
+                        help="a state_dict, or a dict with 'model' (and optionally 'model_name', 'model_kwargs'); "
+                        "--weights is the same option, for a published state dict (give --model)")
     parser.add_argument("--sets", default="builtin",
                         help="comma-separated set names (builtin, CBSD68, Kodak24, McMaster, Set12, BSD68, ...) or "
                         "image folders (default: builtin)")
