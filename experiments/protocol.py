@@ -22,7 +22,7 @@ import functools
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ from backbones import pad_to_multiple
 from .metrics import ImageMetrics
 from .noise import GaussianNoise, image_seed
 
-__all__ = ["TestProtocol", "denoise", "evaluate", "summarize"]
+__all__ = ["TestProtocol", "denoise", "inference", "evaluate", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -127,15 +127,33 @@ def denoise(model: nn.Module, noisy: torch.Tensor, multiple: int = 1) -> torch.T
     _check_finite(noisy, "the input image")
     h, w = noisy.shape[-2:]
     out = model(pad_to_multiple(noisy, multiple))[..., :h, :w]
-    _check_finite(out, "the model's output")
+    _check_finite(out, "the model's output", " (the model has diverged, or its weights are damaged)")
     return out.clamp(0.0, 1.0)
 
 
-def _check_finite(x: torch.Tensor, what: str) -> None:
+def _check_finite(x: torch.Tensor, what: str, hint: str = "") -> None:
     bad = int((~torch.isfinite(x)).sum())
     if bad:
-        hint = " (the model has diverged, or its weights are damaged)" if "output" in what else ""
         raise ValueError(f"{what} holds {bad} NaN or Inf value(s) of {x.numel()}{hint}")
+
+
+def inference(
+    model: nn.Module, multiple: int = 1, *, tile: int | None = None, tile_overlap: int = 32, self_ensemble: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``noisy -> denoised`` for ``Tensor[B, C, H, W]``: :func:`denoise`, in blended tiles when ``tile`` is
+    given (:func:`experiments.tiling.denoise_tiled`), averaged over the 8 flips and rotations with
+    ``self_ensemble`` (:func:`experiments.ensemble.self_ensemble`). Tile settings are checked here."""
+    infer = functools.partial(denoise, model, multiple=multiple)
+    if tile is not None:
+        from .tiling import check_tiling, denoise_tiled
+
+        check_tiling(tile, tile_overlap, multiple)
+        infer = functools.partial(denoise_tiled, model, tile=tile, overlap=tile_overlap, multiple=multiple)
+    if self_ensemble:
+        from .ensemble import self_ensemble as ensemble
+
+        infer = functools.partial(ensemble, infer)
+    return infer
 
 
 def evaluate(
@@ -169,16 +187,8 @@ def evaluate(
         raise ValueError("sigma=None is only for real noisy/clean pairs; give sigma for a clean image set")
     device = next(iter(model.parameters()), torch.empty(0)).device  # inputs go where the model is
     multiple = protocol.multiple_for(model)
-    infer = functools.partial(denoise, model, multiple=multiple)
-    if protocol.tile is not None:
-        from .tiling import check_tiling, denoise_tiled
-
-        check_tiling(protocol.tile, protocol.tile_overlap, multiple)
-        infer = functools.partial(denoise_tiled, model, tile=protocol.tile, overlap=protocol.tile_overlap, multiple=multiple)
-    if protocol.self_ensemble:
-        from .ensemble import self_ensemble
-
-        infer = functools.partial(self_ensemble, infer)
+    infer = inference(model, multiple, tile=protocol.tile, tile_overlap=protocol.tile_overlap,
+                      self_ensemble=protocol.self_ensemble)
     fields = protocol.fields(model)
     name = set_name or getattr(dataset, "name", "dataset")
     names = getattr(dataset, "names", None)

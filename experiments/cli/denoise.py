@@ -36,7 +36,6 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import functools
     from pathlib import Path
 
     import torch
@@ -44,12 +43,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from experiments.checkpoint import model_from_checkpoint
     from experiments.data import IMAGE_EXTENSIONS, convert_channels, read_image, to_tensor
-    from experiments.ensemble import self_ensemble
     from experiments.metrics import ImageMetrics, to_uint8
     from experiments.noise import GaussianNoise
-    from experiments.protocol import denoise
+    from experiments.protocol import inference
     from experiments.run import resolve_device
-    from experiments.tiling import check_tiling, denoise_tiled
 
     src, dst = Path(args.input), Path(args.output)
     if src.is_dir():
@@ -74,13 +71,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     model, state = model_from_checkpoint(args.checkpoint, device, model_name=args.model, model_kwargs=kwargs)
     channels = int(getattr(model, "in_channels", state["model_kwargs"].get("in_channels", 3)))
     multiple = int(getattr(model, "size_multiple", 1))
-    if args.tile is not None:
-        check_tiling(args.tile, args.tile_overlap, multiple)
-        denoise_one = functools.partial(denoise_tiled, model, tile=args.tile, overlap=args.tile_overlap, multiple=multiple)
-    else:
-        denoise_one = functools.partial(denoise, model, multiple=multiple)
-    if args.self_ensemble:
-        denoise_one = functools.partial(self_ensemble, denoise_one)
+    denoise_one = inference(model, multiple, tile=args.tile, tile_overlap=args.tile_overlap,
+                            self_ensemble=args.self_ensemble)
     noise = GaussianNoise(args.add_noise) if args.add_noise is not None else None
     rows = []
     for path, out_path in targets:
