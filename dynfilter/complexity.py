@@ -11,7 +11,9 @@ Counting rules (see ``docs/complexity.md``):
 - Convolution: ``B·C_out·H_out·W_out·(C_in/groups)·k_h·k_w``. A transposed convolution is counted
   from its *input* size, ``B·C_in·(C_out/groups)·k_h·k_w·H_in·W_in`` (each input pixel is multiplied
   by every weight once), which is fvcore's rule.
-- Dynamic filtering (``dynfilter::dynamic_filter``): ``B·C·H·W·k²`` per call.
+- Dynamic filtering (``dynfilter::dynamic_filter``): ``B·C·H·W·k²`` per call. The fused kernel generation
+  and filtering (``dynfilter::fused_dynamic_filter``) counts its 1×1 conv under ``conv`` and its filters
+  under ``dynamic_filter``, exactly as the unfused ops are counted.
 - Modulated deformable convolution (``torchvision::deform_conv2d``,
   ``dynfilter::modulated_deform_conv2d``): the convolution ``B·C_out·H_out·W_out·(C_in/groups)·k_h·k_w``
   plus sampling ``B·C_in·k_h·k_w·H_out·W_out·(4 + m)``: each sampled value is a bilinear blend of
@@ -49,6 +51,19 @@ def _dynamic_filter_macs(inputs: list, outputs: list) -> Counter:
     return Counter({"dynamic_filter": dynamic_filter_macs(_shape(inputs[0]), inputs[2].toIValue())})
 
 
+def _fused_dynamic_filter_macs(inputs: list, outputs: list) -> Counter:
+    """``dynfilter::fused_dynamic_filter(x, guide, weight, bias, k, dilations)``: its 1×1 conv and its filters.
+
+    Counted under ``conv`` and ``dynamic_filter``, as the unfused 1×1 conv and filters are, so a profile does
+    not depend on the implementation.
+    """
+    from .ops.fused_dynamic_filter import fused_macs
+
+    dilations = inputs[5].toIValue()
+    generate, filtering = fused_macs(_shape(inputs[0]), _shape(inputs[1])[1], inputs[4].toIValue(), len(dilations))
+    return Counter({"conv": generate, "dynamic_filter": filtering})
+
+
 def _deform_conv_macs(weight_index: int, offset_index: int) -> Callable[[list, list], Counter]:
     def handle(inputs: list, outputs: list) -> Counter:
         from .ops.deform_conv import deform_conv_macs
@@ -71,6 +86,7 @@ def _deform_conv_macs(weight_index: int, offset_index: int) -> Callable[[list, l
 # dynfilter's takes (input, offset, weight, ...).
 OP_HANDLES: dict[str, Callable[[list, list], Counter]] = {
     "dynfilter::dynamic_filter": _dynamic_filter_macs,
+    "dynfilter::fused_dynamic_filter": _fused_dynamic_filter_macs,
     "torchvision::deform_conv2d": _deform_conv_macs(weight_index=1, offset_index=2),
     "dynfilter::modulated_deform_conv2d": _deform_conv_macs(weight_index=2, offset_index=1),
 }

@@ -19,7 +19,7 @@ Needs the ``onnx`` extra (``onnx``, ``onnxscript``; ``onnxruntime`` for :func:`o
 when a function here runs, so ``import dynfilter`` does not load them.
 
 >>> sorted(op.name() for op in onnx_translations())
-['dynfilter::dynamic_filter', 'dynfilter::modulated_deform_conv2d']
+['dynfilter::dynamic_filter', 'dynfilter::fused_dynamic_filter', 'dynfilter::modulated_deform_conv2d']
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .ops.deform_conv_onnx import modulated_deform_conv2d_onnx
-from .ops.dynamic_filter_onnx import OPSET, dynamic_filter_onnx
+from .ops.dynamic_filter_onnx import OPSET, dynamic_filter_onnx, fused_dynamic_filter_onnx
 
 if TYPE_CHECKING:
     from torch.onnx import ONNXProgram
@@ -48,6 +48,7 @@ def onnx_translations() -> dict[torch._ops.OpOverload, Callable[..., Any]]:
     """The ``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``: each dynfilter op's ONNX form."""
     return {
         torch.ops.dynfilter.dynamic_filter.default: dynamic_filter_onnx,
+        torch.ops.dynfilter.fused_dynamic_filter.default: fused_dynamic_filter_onnx,
         torch.ops.dynfilter.modulated_deform_conv2d.default: modulated_deform_conv2d_onnx,
     }
 

@@ -17,11 +17,16 @@ from torch import nn
 from .ops.deform_conv import modulated_deform_conv2d_op
 from .ops.dynamic_filter import dynamic_filter_op
 from .ops.dynamic_filter_unfold import dynamic_filter_unfold
+from .ops.fused_dynamic_filter import fused_dynamic_filter_op
 
 __all__ = [
     "Switchable",
     "dynamic_filter",
     "dynamic_filter_impls",
+    "fused_dynamic_filter",
+    "check_fused_dynamic_filter_args",
+    "module_impl",
+    "MODULE_IMPLS",
     "set_dynamic_filter_impl",
     "modulated_deform_conv2d",
     "modulated_deform_conv2d_impls",
@@ -35,6 +40,13 @@ _DYNAMIC_FILTER_IMPLS: dict[str, Callable[[torch.Tensor, torch.Tensor, int, int]
     "lean": dynamic_filter_op,
 }
 _DEFAULT_IMPL = "lean"
+
+#: Implementations that only modules generating their own kernels (DConv, MDCB) take: ``"fused"`` makes the
+#: kernels from the guide row by row inside the filter (:func:`fused_dynamic_filter`), so the kernel map is
+#: never held. A functional call is handed the kernels, so it has nothing to fuse.
+MODULE_IMPLS: dict[str, tuple[str, ...]] = {"dynamic_filter": ("fused",)}
+# What ``impl="auto"`` means in those modules, per device type: fused where it measures faster (docs/performance.md).
+_AUTO_MODULE_IMPL = {"cpu": "fused"}
 
 
 class Switchable:
@@ -91,9 +103,9 @@ def set_impls(
     """
     chosen = {"dynamic_filter": dynamic_filter, "modulated_deform_conv2d": modulated_deform_conv2d}
     for op, impl in chosen.items():
-        known = _IMPLS[op]
+        known = sorted([*_IMPLS[op], *MODULE_IMPLS.get(op, ())])
         if impl is not None and impl != "auto" and impl not in known:
-            raise ValueError(f"unknown {op} impl {impl!r}; expected 'auto' or one of {sorted(known)}")
+            raise ValueError(f"unknown {op} impl {impl!r}; expected 'auto' or one of {known}")
     for module in model.modules():
         if isinstance(module, Switchable):
             impl = chosen.get(module.impl_op)
@@ -177,6 +189,89 @@ def dynamic_filter(
     except KeyError:
         raise ValueError(f"unknown impl {impl!r}; expected 'auto' or one of {dynamic_filter_impls()}") from None
     return fn(x, kernels, kernel_size, dilation)
+
+
+def check_fused_dynamic_filter_args(
+    x: torch.Tensor,
+    guide: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel_size: int,
+    dilations: Sequence[int],
+) -> torch.Tensor:
+    """Raise ``ValueError`` unless the arguments of :func:`fused_dynamic_filter` fit; return ``weight`` as 2-D."""
+    dilations = tuple(dilations)
+    if not dilations:
+        raise ValueError("dilations must name at least one dilation, e.g. (1,)")
+    for d in dilations:
+        check_window(kernel_size, d)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be a 4-D tensor (B, C, H, W), got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    b, c, h, w = x.shape
+    if not isinstance(guide, torch.Tensor) or guide.dim() != 4 or (guide.shape[0], *guide.shape[2:]) != (b, h, w):
+        got = tuple(guide.shape) if isinstance(guide, torch.Tensor) else type(guide).__name__
+        raise ValueError(f"guide must have shape (B, G, H, W) with (B, H, W) = {(b, h, w)} of x, got {got}")
+    taps = c * kernel_size * kernel_size
+    if weight.dim() == 4 and tuple(weight.shape[2:]) == (1, 1):
+        weight = weight.flatten(1)
+    if tuple(weight.shape) != (taps, guide.shape[1]):
+        raise ValueError(
+            f"weight must have shape (C·k², G) = {(taps, guide.shape[1])} (or with trailing 1, 1) for x of shape "
+            f"{tuple(x.shape)}, guide of shape {tuple(guide.shape)} and kernel_size={kernel_size}, got {tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (taps,):
+        raise ValueError(f"bias must have shape (C·k²,) = {(taps,)}, got {tuple(bias.shape)}")
+    tensors = [t for t in (x, guide, weight, bias) if t is not None]
+    if any(t.device != x.device for t in tensors):
+        raise ValueError(f"x, guide, weight and bias must be on one device, got {[str(t.device) for t in tensors]}")
+    if not all(t.dtype.is_floating_point for t in tensors):
+        raise ValueError(f"x, guide, weight and bias must be floating-point, got {[t.dtype for t in tensors]}")
+    return weight
+
+
+def fused_dynamic_filter(
+    x: torch.Tensor,
+    guide: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    kernel_size: int = 3,
+    dilations: Sequence[int] = (1,),
+) -> list[torch.Tensor]:
+    """``dynamic_filter(x, conv1×1(guide), kernel_size, d)`` for each ``d`` in ``dilations``, without the kernel map.
+
+    The kernels ``weight · guide + bias`` are made a row at a time inside the filter and never stored; the
+    backward pass makes them again (first-order gradients only). Same values as the unfused computation.
+
+    Args:
+        x (Tensor[B, C, H, W]): the features to filter.
+        guide (Tensor[B, G, H, W]): what the kernels are predicted from (SEKG's output in DConv and MDCB).
+        weight (Tensor[C·k², G] or Tensor[C·k², G, 1, 1]): the 1×1 conv's weight; channel-major taps.
+        bias (Tensor[C·k²], optional): the 1×1 conv's bias.
+        kernel_size (int): ``k``, odd.
+        dilations (Sequence[int]): one output per dilation, all filtered with the same kernels.
+
+    Returns:
+        list[Tensor[B, C, H, W]]: one per dilation.
+
+    >>> x, guide, conv = torch.randn(2, 4, 7, 5), torch.randn(2, 6, 7, 5), nn.Conv2d(6, 36, 1)
+    >>> out = fused_dynamic_filter(x, guide, conv.weight, conv.bias, 3, (1, 3))
+    >>> len(out), out[1].shape
+    (2, torch.Size([2, 4, 7, 5]))
+    >>> torch.allclose(out[1], dynamic_filter(x, conv(guide), 3, 3), atol=1e-5)
+    True
+    """
+    weight = check_fused_dynamic_filter_args(x, guide, weight, bias, kernel_size, dilations)
+    dilations = tuple(dilations)
+    return fused_dynamic_filter_op(x, guide, weight, bias, kernel_size, list(dilations))
+
+
+def module_impl(impl: str, device: torch.device) -> str:
+    """What a kernel-generating module's ``impl`` (DConv's, MDCB's) means on ``device``: ``"auto"`` resolved.
+
+    >>> module_impl("auto", torch.device("cpu")), module_impl("lean", torch.device("cpu"))
+    ('fused', 'lean')
+    """
+    return _AUTO_MODULE_IMPL.get(device.type, _DEFAULT_IMPL) if impl == "auto" else impl
 
 
 def _deform_conv2d_torchvision(input, offset, weight, bias, mask, stride, padding, dilation):

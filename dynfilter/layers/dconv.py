@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import Switchable, check_window, dynamic_filter
+from ..functional import Switchable, check_window
 from ._checks import check_features
 from ._init import check_kernel_init, init_kernel_generator
-from ._pointwise import pointwise_conv
+from ._pointwise import generated_filter, pointwise_conv
 from .sekg import SEKG
 
 __all__ = ["DConv"]
@@ -63,7 +63,7 @@ class DConv(nn.Module, Switchable):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features(x, self.channels, "DConv")
-        return dynamic_filter(x, self.kernels(x), self.kernel_size, self.dilation, impl=self.impl)
+        return generated_filter(self.impl, x, x, self.sekg, self.kernel_conv, self.kernel_size, (self.dilation,))[0]
 
     def extra_repr(self) -> str:
         s = f"channels={self.channels}, kernel_size={self.kernel_size}"

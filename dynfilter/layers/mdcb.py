@@ -10,10 +10,10 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
-from ..functional import Switchable, dynamic_filter
+from ..functional import Switchable
 from ._checks import check_features
 from ._init import check_kernel_init, init_kernel_generator
-from ._pointwise import pointwise_conv
+from ._pointwise import generated_filter, pointwise_conv
 from .deform import ModulatedDeformConv2d
 from .mfi import MFI
 from .sekg import SEKG
@@ -133,11 +133,9 @@ class MDCB(_MultiScaleBase, Switchable):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features(x, self.channels, "MDCB")
-        kernels = self.kernels(x)
         xr = self.reduce(x)
-        scales = [xr]
-        for d, conv in zip(self.dilations, self.branches):
-            scales.append(self.act(conv(dynamic_filter(xr, kernels, 3, d, impl=self.impl))))
+        filtered = generated_filter(self.impl, xr, self.deformed(x), self.sekg, self.kernel_conv, 3, self.dilations)
+        scales = [xr] + [self.act(conv(f)) for f, conv in zip(filtered, self.branches)]
         return self.fuse_scales(x, scales)
 
 

@@ -40,14 +40,14 @@ import torch
 
 from .backend import OPS, KernelFn, switched_on
 
-__all__ = ["kernel", "status", "disabled", "BUILD_THRESHOLD", "PARALLEL_THRESHOLD", "SOURCE"]
+__all__ = ["kernel", "fused_library", "FusedKernels", "status", "disabled", "BUILD_THRESHOLD", "PARALLEL_THRESHOLD", "SOURCE"]
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "dynamic_filter.cpp"
 # Below about a million multiply-adds the eager path takes a millisecond or two; a build is not worth it.
 BUILD_THRESHOLD = 1 << 20
 # Multiply-adds below which the native kernels run on the calling thread alone.
 PARALLEL_THRESHOLD = 1 << 17
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16"}
 # Flag sets tried in order: the first that compiles wins (a compiler may lack OpenMP or -march=native).
 _FLAG_SETS = (
@@ -138,11 +138,17 @@ def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     if lib.dynfilter_abi_version() != _ABI_VERSION:
         raise RuntimeError(f"{path} has ABI {lib.dynfilter_abi_version()}, expected {_ABI_VERSION}")
-    for op in OPS:
-        for suffix in _DTYPES.values():
+    for suffix in _DTYPES.values():
+        for op in OPS:
             fn = getattr(lib, f"dynfilter_{op}_{suffix}")
             fn.restype = None
             fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5 + [ctypes.c_int]
+        pointers, tensors, ints = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64)
+        tail = [ints, ints, ctypes.c_int64, ctypes.c_int]  # shape, dilations, their number, threads
+        for direction, args in (("forward", [pointers] * 4 + [tensors]), ("backward", [tensors] + [pointers] * 8)):
+            fn = getattr(lib, f"dynfilter_fused_{direction}_{suffix}")
+            fn.restype = None
+            fn.argtypes = args + tail
     return lib
 
 
@@ -211,3 +217,57 @@ def kernel(op: str, a: torch.Tensor, b: torch.Tensor, kernel_size: int) -> Kerne
         fn(a.data_ptr(), b.data_ptr(), out.data_ptr(), bsz * c, h, w, kernel_size, dilation, threads)
 
     return run
+
+
+def _pointer(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _pointers(tensors) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _int64s(values) -> ctypes.Array:
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+class FusedKernels:
+    """The fused kernel-generation + filter kernels of the library for one dtype (see :mod:`.fused_dynamic_filter`).
+
+    Operands must be contiguous CPU tensors of that dtype; ``shape`` is ``(B, C, G, H, W, k)``; ``outs`` and
+    ``grads`` hold one ``(B, C, H, W)`` tensor per dilation.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype) -> None:
+        self._forward = getattr(lib, f"dynfilter_fused_forward_{_DTYPES[dtype]}")
+        self._backward = getattr(lib, f"dynfilter_fused_backward_{_DTYPES[dtype]}")
+
+    def forward(self, x, guide, weight, bias, outs, shape, dilations, threads: int) -> None:
+        """``outs[i] = filter(x, weight · guide + bias, dilations[i])``."""
+        self._forward(x.data_ptr(), guide.data_ptr(), weight.data_ptr(), _pointer(bias), _pointers(outs),
+                      _int64s(shape), _int64s(dilations), len(dilations), threads)
+
+    def backward(self, grads, x, guide, weight, bias, gx, gguide, gweight, gbias, shape, dilations, threads: int) -> None:
+        """Write the gradients that are not ``None``."""
+        self._backward(_pointers(grads), x.data_ptr(), guide.data_ptr(), weight.data_ptr(), _pointer(bias), _pointer(gx),
+                       _pointer(gguide), _pointer(gweight), _pointer(gbias), _int64s(shape), _int64s(dilations),
+                       len(dilations), threads)
+
+
+_fused: dict[torch.dtype, FusedKernels] = {}
+
+
+def fused_library(a: torch.Tensor) -> FusedKernels | None:
+    """The fused kernels for ``a``'s dtype on CPU, or ``None`` (disabled, no compiler, other device or dtype).
+
+    Unlike :func:`kernel`, a build starts whatever the size: a model using the fused path calls it at every
+    layer, and the eager alternative is a Python loop over blocks of rows.
+    """
+    if not _enabled() or a.device.type != "cpu" or a.dtype not in _DTYPES:
+        return None
+    lib = _library(build=True)
+    if lib is None:
+        return None
+    if a.dtype not in _fused:
+        _fused[a.dtype] = FusedKernels(lib, a.dtype)
+    return _fused[a.dtype]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OPSET", "dynamic_filter_onnx"]
+__all__ = ["OPSET", "dynamic_filter_onnx", "fused_dynamic_filter_onnx"]
 
 #: The ONNX opset the translations are written in (and :mod:`dynfilter.export` exports to).
 OPSET = 20
@@ -52,3 +52,15 @@ def dynamic_filter_onnx(x: Any, kernels: Any, kernel_size: int, dilation: int) -
             term = op.Mul(window, op.Squeeze(op.Slice(kernels, [t], [t + 1], [2]), [2]))
             out = term if out is None else op.Add(out, term)
     return out
+
+
+def fused_dynamic_filter_onnx(x: Any, guide: Any, weight: Any, bias: Any, kernel_size: int, dilations: list[int]) -> Any:
+    """``dynfilter::fused_dynamic_filter`` in ONNX operators: the 1×1 ``Conv``, then one filter per dilation.
+
+    ONNX has no fused form: the graph holds the kernel map, as the unfused modules' graphs do.
+    """
+    from onnxscript import opset20 as op
+
+    weight = op.Unsqueeze(weight, op.Constant(value_ints=[2, 3]))
+    kernels = op.Conv(guide, weight) if bias is None else op.Conv(guide, weight, bias)
+    return tuple(dynamic_filter_onnx(x, kernels, kernel_size, d) for d in dilations)

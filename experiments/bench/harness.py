@@ -76,6 +76,7 @@ SUITES: dict[str, str] = {
     "deform": "experiments.bench.deform:deform_suite",
     "model": "experiments.bench.deform:model_suite",
     "onnx": "experiments.bench.onnx:onnx_suite",
+    "fused": "experiments.bench.fused:fused_suite",
 }
 
 Row = dict[str, Any]
