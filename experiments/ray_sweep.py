@@ -90,9 +90,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     if address is None:
-        # On the loopback address: a sweep's own instance serves this machine only.
         ray.init(num_cpus=num_cpus or available_cores(), include_dashboard=False, log_to_driver=True,
-                 configure_logging=False, _node_ip_address="127.0.0.1")
+                 configure_logging=False)
         return True
     address = check_address(address)
     _probe(address)
@@ -148,6 +147,8 @@ def run_sweep_ray(
     if gpus_per_run < 0:
         raise ValueError(f"--gpus-per-run takes a fraction of a GPU >= 0 (e.g. 0.25), got {gpus_per_run}")
     ray = require_ray()
+    if address is not None:
+        check_address(address)  # a typo fails now, even when there is nothing left to run
     out = Path(out).resolve()
     measure = measure if isinstance(measure, Measure) else section(Measure, measure)
     pool = list(runs if pool is None else pool)
@@ -156,11 +157,10 @@ def run_sweep_ray(
     if not work:
         log_summary(runs, out, log)
         return {"done": [], "skipped": skipped, "busy": []}
-    keep_config(out, study, runs, measure)
     started = connect(address, num_cpus)
     try:
-        cpus = {r.settings.train.threads or 1 for r in todo}
-        threads = max(cpus)
+        keep_config(out, study, runs, measure)
+        threads = max(r.settings.train.threads or 1 for r in todo)
         # Ray sets CUDA_VISIBLE_DEVICES to the GPU it reserved, which the task then sees as cuda:0.
         slot = JobSlot(0, "cuda" if gpus_per_run > 0 else None, threads)
         remote = ray.remote(_task).options(num_cpus=threads, num_gpus=gpus_per_run, max_retries=MAX_RETRIES)

@@ -6,6 +6,7 @@ One local Ray instance (2 CPUs, no dashboard) serves the whole module; the drive
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import socket
 import subprocess
@@ -153,3 +154,48 @@ def test_a_killed_driver_resumes_from_the_checkpoints(cluster, tmp_path):
     for run_id, step in interrupted.items():
         assert resumed[run_id] >= step > 0, f"{run_id} restarted instead of resuming from step {step}"
     assert (resumed[[i for i in rows["id"] if i in before]] == 0).all()
+
+
+def _holder(lock: Path) -> int | None:
+    """The pid holding the ``flock`` on ``lock`` (from /proc/locks), or ``None``."""
+    inode = lock.stat().st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode:
+            return int(fields[4])
+    return None
+
+
+@needs_ray
+@pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="finds the worker through /proc/locks (Linux)")
+def test_a_killed_worker_is_retried_and_resumes(cluster, tmp_path):
+    import threading
+
+    from experiments.ray_sweep import run_sweep_ray
+
+    study = _study([f"train.iterations={STEPS}", "train.checkpoint_every=10", "train.threads=1",
+                    "studies.dncnn.grid.depth=[3]", "studies.dncnn.variants={baseline: {}}"])
+    (run,) = expand(study)
+    out = tmp_path / "out"
+    result: dict = {}
+    driver = threading.Thread(target=lambda: result.update(outcome=run_sweep_ray(
+        [run], out, study["measure"], address=cluster, study=study, log=lambda *a: None)))
+    driver.start()
+    ckpt, lock = out / "runs" / run.id / "checkpoint.pt", out / "runs" / run.id / "claim.lock"
+    deadline, step, worker = time.time() + 90, 0, None
+    while time.time() < deadline and driver.is_alive() and not (step and worker):
+        try:
+            step = int(load_checkpoint(ckpt)["iteration"]) if ckpt.is_file() else 0
+            worker = _holder(lock) if lock.is_file() else None
+        except (ValueError, OSError, RuntimeError, EOFError, KeyError):
+            pass  # being replaced right now
+        time.sleep(0.05)
+    assert step and worker and driver.is_alive(), "the run finished before its worker could be killed"
+    title = Path(f"/proc/{worker}/cmdline").read_bytes()
+    assert b"ray::" in title or b"default_worker" in title, f"pid {worker} holding the claim is no Ray worker: {title!r}"
+    os.kill(worker, signal.SIGKILL)
+    driver.join(180)
+    assert not driver.is_alive() and result["outcome"]["done"] == [run.id]
+    rows = ResultsTable(out).read()
+    assert rows["id"].tolist() == [run.id], "the retried run has no row or two"
+    assert rows["resumed_from"].iloc[0] >= step > 0, "the retried task restarted instead of resuming"
