@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +13,8 @@ from experiments.config import load_config, study_config
 from experiments.packing import chains, job_slots, merge_outcomes, pin, run_packed
 from experiments.results import ResultsTable
 from experiments.sweep import _partners, expand, run_sweep
+
+from .locks import HAVE_PROC_LOCKS, checkpoint_step, lock_holder
 
 
 def _study(overrides=(), name="dncnn", preset="smoke"):
@@ -82,31 +86,6 @@ def test_merge_outcomes_counts_each_run_once():
     assert merged == {"done": ["a", "b"], "skipped": ["x"], "busy": ["c"]}
 
 
-def test_two_jobs_run_every_run_once_with_half_the_cores_and_keep_budgets(tmp_path):
-    grid = "{train.iterations: [2, 4], depth: [3], channels: [4]}"
-    study = _study([f"studies.dncnn.grid={grid}"])
-    runs = expand(study)
-    outcome = run_packed(runs, tmp_path / "packed", study["measure"], jobs=2, cores=2, pool=runs, study=study,
-                         log=lambda *a: None)
-    assert sorted(outcome["done"]) == sorted(r.id for r in runs) and not outcome["skipped"] + outcome["busy"]
-    rows = ResultsTable(tmp_path / "packed").read().set_index("id")
-    assert sorted(rows.index) == sorted(r.id for r in runs), "rows lost or duplicated"
-    assert set(rows["train_threads"]) == {1}, "each of 2 jobs on 2 cores must train with 1 thread"
-    for run in runs:
-        if run.settings.train.iterations == 4:  # its 2-step twin ran first in the same chain and was continued
-            twin = next(r for r in runs if r.trajectory == run.trajectory and r is not run)
-            assert rows.loc[run.id, "warm_start"] == twin.id and rows.loc[run.id, "resumed_from"] == 2
-    # The weights are those of the one-process sweep (same thread count, so bit-identical).
-    run_sweep([pin(r, threads=1) for r in runs], tmp_path / "serial", study["measure"], log=lambda *a: None)
-    for run in runs:
-        packed = load_checkpoint(tmp_path / "packed" / "runs" / run.id / "checkpoint.pt")["model"]
-        serial = load_checkpoint(tmp_path / "serial" / "runs" / run.id / "checkpoint.pt")["model"]
-        for key, value in serial.items():
-            torch.testing.assert_close(packed[key], value, rtol=0, atol=0, msg=f"{run.id} {key}")
-    again = run_packed(runs, tmp_path / "packed", study["measure"], jobs=2, cores=2, log=lambda *a: None)
-    assert sorted(again["skipped"]) == sorted(r.id for r in runs) and not again["done"]
-
-
 def test_sweep_command_refuses_options_of_the_other_executor(tmp_path, capsys):
     base = ["sweep", "dncnn", "--preset", "smoke", "--out", str(tmp_path)]
     for extra, message in [
@@ -119,3 +98,65 @@ def test_sweep_command_refuses_options_of_the_other_executor(tmp_path, capsys):
         assert main([*base, *extra]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
+
+
+@pytest.mark.skipif(not HAVE_PROC_LOCKS, reason="finds the job to kill through /proc/locks (Linux)")
+def test_two_jobs_survive_a_killed_job_and_match_the_one_process_sweep(tmp_path):
+    """Two jobs on 2 cores: one thread each, a killed job resumed, budgets continued, every id once, same weights."""
+    import os
+    import signal
+    import threading
+    import time
+
+    grid = "{train.iterations: [100, 400], depth: [3], channels: [4]}"
+    study = _study([f"studies.dncnn.grid={grid}", "train.checkpoint_every=10"])
+    runs = expand(study)
+    out, result = tmp_path / "packed", {}
+
+    def drive():
+        try:
+            run_packed(runs, out, study["measure"], jobs=2, cores=2, study=study, log=lambda *a: None)
+        except RuntimeError as exc:
+            result["error"] = str(exc)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    iterations = {r.id: r.settings.train.iterations for r in runs}
+    deadline, victim = time.time() + 90, None
+    while time.time() < deadline and driver.is_alive() and victim is None:
+        for lock in out.glob("runs/*/claim.lock"):
+            step, pid = checkpoint_step(lock.parent), lock_holder(lock)
+            if 0 < step < iterations[lock.parent.name] and pid is not None:
+                victim = (lock.parent.name, step, pid)
+        time.sleep(0.02)
+    assert victim and driver.is_alive(), "the sweep finished before a job could be killed"
+    run_id, step, pid = victim
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert parent == os.getpid(), f"pid {pid} holding the claim of {run_id} is not a job of this sweep"
+    os.kill(pid, signal.SIGKILL)
+    driver.join(120)
+    assert "run the same command again" in result.get("error", ""), "a dead job must stop the sweep with an error"
+    assert run_id in result["error"]
+    before = ResultsTable(out).ids() if (out / "results.csv").exists() else set()
+    assert run_id not in before
+
+    outcome = run_packed(runs, out, study["measure"], jobs=2, cores=2, study=study, log=lambda *a: None)
+    assert sorted(outcome["done"]) == sorted({r.id for r in runs} - before)
+    assert sorted(outcome["skipped"]) == sorted(before)
+    rows = ResultsTable(out).read().set_index("id")
+    assert sorted(rows.index) == sorted(r.id for r in runs), "a run is missing or has two rows"
+    assert set(rows["train_threads"]) == {1}, "each of 2 jobs on 2 cores must train with 1 thread"
+    assert rows.loc[run_id, "resumed_from"] >= step, "the killed job's run restarted instead of resuming"
+    for run in runs:
+        if run.settings.train.iterations == 400:  # its 100-step twin is in its chain, before it
+            twin = next(r for r in runs if r.trajectory == run.trajectory and r is not run)
+            assert rows.loc[run.id, "warm_start"] == twin.id and rows.loc[run.id, "resumed_from"] >= 100
+    # Killed, resumed and packed, the weights are those of the one-process sweep (same thread count).
+    run_sweep([pin(r, threads=1) for r in runs], tmp_path / "serial", study["measure"], log=lambda *a: None)
+    for run in runs:
+        packed = load_checkpoint(out / "runs" / run.id / "checkpoint.pt")["model"]
+        serial = load_checkpoint(tmp_path / "serial" / "runs" / run.id / "checkpoint.pt")["model"]
+        for key, value in serial.items():
+            torch.testing.assert_close(packed[key], value, rtol=0, atol=0, msg=f"{run.id} {key}")
+    again = run_packed(runs, out, study["measure"], jobs=2, cores=2, log=lambda *a: None)
+    assert sorted(again["skipped"]) == sorted(r.id for r in runs) and not again["done"]

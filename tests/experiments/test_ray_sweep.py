@@ -23,6 +23,8 @@ from experiments.packing import pin
 from experiments.results import ResultsTable
 from experiments.sweep import expand, run_sweep
 
+from .locks import HAVE_PROC_LOCKS, checkpoint_step, held_claims, lock_holder
+
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="ray is not installed: pip install 'dynfilter[distributed]'")
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,17 +99,6 @@ def test_ray_runs_every_run_once_and_matches_the_local_executor(cluster, tmp_pat
     assert sorted(again["skipped"]) == sorted(r.id for r in runs) and not again["done"]
 
 
-def _claimed(out: Path) -> list[Path]:
-    from experiments._io import try_file_lock
-
-    held = []
-    for lock in out.glob("runs/*/claim.lock"):
-        with try_file_lock(lock) as free:
-            if not free:
-                held.append(lock)
-    return held
-
-
 @needs_ray
 def test_a_killed_driver_resumes_from_the_checkpoints(cluster, tmp_path):
     from experiments.ray_sweep import run_sweep_ray
@@ -123,22 +114,19 @@ def test_a_killed_driver_resumes_from_the_checkpoints(cluster, tmp_path):
     interrupted: dict[str, int] = {}
     while time.time() < deadline and not interrupted and driver.poll() is None:
         finished = ResultsTable(out).ids() if (out / "results.csv").exists() else set()
-        for ckpt in out.glob("runs/*/checkpoint.pt"):
-            try:
-                step = int(load_checkpoint(ckpt)["iteration"])
-            except (ValueError, OSError, RuntimeError, EOFError, KeyError):
-                continue  # being replaced right now
-            if ckpt.parent.name not in finished and 0 < step < STEPS:
-                interrupted[ckpt.parent.name] = step
+        for folder in out.glob("runs/*"):
+            step = checkpoint_step(folder)
+            if folder.name not in finished and 0 < step < STEPS:
+                interrupted[folder.name] = step
         time.sleep(0.05)
     assert driver.poll() is None, "the sweep finished before it could be killed; make its runs longer"
     assert interrupted, "no run checkpointed within 90 s"
     driver.send_signal(signal.SIGKILL)
     driver.wait(30)
     deadline = time.time() + 60
-    while _claimed(out) and time.time() < deadline:  # Ray ends the dead driver's tasks
+    while held_claims(out) and time.time() < deadline:  # Ray ends the dead driver's tasks
         time.sleep(0.2)
-    assert not _claimed(out), "the killed driver's tasks still hold their runs"
+    assert not held_claims(out), "the killed driver's tasks still hold their runs"
     before = ResultsTable(out).ids() if (out / "results.csv").exists() else set()
     assert not set(interrupted) & before
 
@@ -156,18 +144,8 @@ def test_a_killed_driver_resumes_from_the_checkpoints(cluster, tmp_path):
     assert (resumed[[i for i in rows["id"] if i in before]] == 0).all()
 
 
-def _holder(lock: Path) -> int | None:
-    """The pid holding the ``flock`` on ``lock`` (from /proc/locks), or ``None``."""
-    inode = lock.stat().st_ino
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 5 and fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode:
-            return int(fields[4])
-    return None
-
-
 @needs_ray
-@pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="finds the worker through /proc/locks (Linux)")
+@pytest.mark.skipif(not HAVE_PROC_LOCKS, reason="finds the worker through /proc/locks (Linux)")
 def test_a_killed_worker_is_retried_and_resumes(cluster, tmp_path):
     import threading
 
@@ -181,14 +159,11 @@ def test_a_killed_worker_is_retried_and_resumes(cluster, tmp_path):
     driver = threading.Thread(target=lambda: result.update(outcome=run_sweep_ray(
         [run], out, study["measure"], address=cluster, study=study, log=lambda *a: None)))
     driver.start()
-    ckpt, lock = out / "runs" / run.id / "checkpoint.pt", out / "runs" / run.id / "claim.lock"
+    lock = out / "runs" / run.id / "claim.lock"
     deadline, step, worker = time.time() + 90, 0, None
     while time.time() < deadline and driver.is_alive() and not (step and worker):
-        try:
-            step = int(load_checkpoint(ckpt)["iteration"]) if ckpt.is_file() else 0
-            worker = _holder(lock) if lock.is_file() else None
-        except (ValueError, OSError, RuntimeError, EOFError, KeyError):
-            pass  # being replaced right now
+        step = checkpoint_step(lock.parent)
+        worker = lock_holder(lock) if lock.is_file() else None
         time.sleep(0.05)
     assert step and worker and driver.is_alive(), "the run finished before its worker could be killed"
     title = Path(f"/proc/{worker}/cmdline").read_bytes()
