@@ -72,6 +72,10 @@ def _check_executor(args: argparse.Namespace) -> list[str]:
                          "and --devices")
     if args.gpus_per_run < 0:
         raise ValueError(f"--gpus-per-run takes a fraction of a GPU >= 0 (e.g. 0.25), got {args.gpus_per_run}")
+    if args.address is not None:
+        from experiments.ray_sweep import check_address  # imports no ray
+
+        check_address(args.address)
     return devices
 
 

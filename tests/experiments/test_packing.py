@@ -94,6 +94,7 @@ def test_sweep_command_refuses_options_of_the_other_executor(tmp_path, capsys):
         (["--address", "auto"], "--address and --gpus-per-run are for --executor ray"),
         (["--executor", "ray", "--gpus-per-run", "-1"], "--gpus-per-run takes a fraction"),
         (["--jobs", "2", "--devices", "cuda:0,tpu"], "unknown device 'tpu'"),
+        (["--executor", "ray", "--address", "http://head"], "is not a Ray address"),
     ]:
         assert main([*base, *extra]) == 2
         assert message in capsys.readouterr().err
@@ -122,7 +123,7 @@ def test_two_jobs_survive_a_killed_job_and_match_the_one_process_sweep(tmp_path)
     driver = threading.Thread(target=drive)
     driver.start()
     iterations = {r.id: r.settings.train.iterations for r in runs}
-    deadline, victim = time.time() + 90, None
+    deadline, victim = time.time() + 150, None
     while time.time() < deadline and driver.is_alive() and victim is None:
         for lock in out.glob("runs/*/claim.lock"):
             step, pid = checkpoint_step(lock.parent), lock_holder(lock)

@@ -110,7 +110,7 @@ def test_a_killed_driver_resumes_from_the_checkpoints(cluster, tmp_path):
     command = [sys.executable, "-m", "experiments.cli", "sweep", "dncnn", "--preset", "smoke", "--out", str(out),
                "--no-progress", "--executor", "ray", "--address", cluster, *flags]
     driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 90
+    deadline = time.time() + 150
     interrupted: dict[str, int] = {}
     while time.time() < deadline and not interrupted and driver.poll() is None:
         finished = ResultsTable(out).ids() if (out / "results.csv").exists() else set()
@@ -120,7 +120,7 @@ def test_a_killed_driver_resumes_from_the_checkpoints(cluster, tmp_path):
                 interrupted[folder.name] = step
         time.sleep(0.05)
     assert driver.poll() is None, "the sweep finished before it could be killed; make its runs longer"
-    assert interrupted, "no run checkpointed within 90 s"
+    assert interrupted, "no run checkpointed within 150 s"
     driver.send_signal(signal.SIGKILL)
     driver.wait(30)
     deadline = time.time() + 60
@@ -160,7 +160,7 @@ def test_a_killed_worker_is_retried_and_resumes(cluster, tmp_path):
         [run], out, study["measure"], address=cluster, study=study, log=lambda *a: None)))
     driver.start()
     lock = out / "runs" / run.id / "claim.lock"
-    deadline, step, worker = time.time() + 90, 0, None
+    deadline, step, worker = time.time() + 150, 0, None
     while time.time() < deadline and driver.is_alive() and not (step and worker):
         step = checkpoint_step(lock.parent)
         worker = lock_holder(lock) if lock.is_file() else None
