@@ -490,6 +490,7 @@ def execute(
         "final_loss": result.final_loss,
         "train_seconds": result.train_seconds,
         "train_seconds_spent": result.spent_seconds,
+        "resumed_from": result.resumed_from,  # > 0: continued a checkpoint (a killed run's, or a shorter twin's)
         "eval_seconds": eval_seconds,
         "train_threads": threads,
         **metrics,

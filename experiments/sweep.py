@@ -60,6 +60,7 @@ __all__ = [
     "warm_start",
     "keep_config",
     "run_sweep",
+    "log_summary",
 ]
 
 # Axis name (its last dotted part) -> the short token used in run ids.
@@ -354,6 +355,7 @@ def run_sweep(
     continue_budgets: bool = True,
     progress: bool | None = None,
     log: Any = print,
+    summary: bool = True,
 ) -> dict[str, list[str]]:
     """Run every unfinished, unclaimed run of ``runs`` and append its row to ``<out>/results.csv``.
 
@@ -368,12 +370,13 @@ def run_sweep(
         continue_budgets: continue shorter-budget twins; ``False`` trains every run from step 0.
         progress: tqdm bars (``None``: when stderr is a terminal).
         log: where progress lines go.
+        summary: end with the study's gains so far (:func:`~experiments.gains.summary_text`); the
+            executors that run several ``run_sweep`` at once print it once themselves.
 
     Returns:
         dict: ids by outcome, ``{"done": [...], "skipped": [...], "busy": [...]}`` (skipped: finished
         before; busy: claimed by another process).
     """
-    from .gains import summary_text
     from .results import ResultsTable
     from .run import execute
 
@@ -430,8 +433,17 @@ def run_sweep(
             psnr = ", ".join(f"{k[5:]} {v:.2f} dB" for k, v in row.items() if k.startswith("psnr_"))
             log(f"    {psnr}; {row['params']:,} params; {row['train_seconds']:.0f} s training")
             outcome["done"].append(run.id)
+    if summary:
+        log_summary(runs, out, log)
+    return outcome
+
+
+def log_summary(runs: Iterable[Run], out: str | Path, log: Any = print) -> None:
+    """Log the gains so far of the studies of ``runs`` from ``<out>/results.csv`` (nothing if it has no rows)."""
+    from .gains import summary_text
+    from .results import ResultsTable
+
     studies = {r.study for r in runs}
-    finished = table.read()
+    finished = ResultsTable(out).read()
     if not finished.empty and "study" in finished:
         log(summary_text(finished[finished["study"].isin(studies)]))
-    return outcome

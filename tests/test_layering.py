@@ -32,3 +32,9 @@ def test_backbones_import_no_experiments():
 def test_the_check_sees_an_import():
     # The guard can fail: importing experiments.plot loads pandas.
     assert _loaded("experiments.plot", ("pandas",)) == ["pandas"]
+
+
+@pytest.mark.parametrize("module", ["experiments.cli", "experiments.packing", "experiments.ray_sweep"])
+def test_ray_loads_only_when_a_ray_sweep_starts(module):
+    # Ray is an optional extra (dynfilter[distributed]); everything else must work without it.
+    assert _loaded(module, ("ray",)) == []
