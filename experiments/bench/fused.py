@@ -110,8 +110,7 @@ def _dncnn_rows(config: BenchConfig) -> list[dict]:
 
     side, (batch, patch) = (32, (2, 24)) if config.quick else (128, (16, 128))
     baseline = backbones.build("dncnn", depth=5, channels=32, in_channels=3).to(config.device)
-    enhanced = backbones.build("dncnn", depth=5, channels=32, in_channels=3).to(config.device)
-    recipes.dncnn_dconv(enhanced, init="published").apply()
+    enhanced = recipes.dncnn_dconv(baseline, init="published").apply().to(config.device)
     rows = []
     image = torch.rand(1, 3, side, side, device=config.device)
     with cpu_threads(1), torch.inference_mode():
