@@ -76,6 +76,7 @@ SUITES: dict[str, str] = {
     "deform": "experiments.bench.deform:deform_suite",
     "model": "experiments.bench.deform:model_suite",
     "onnx": "experiments.bench.onnx:onnx_suite",
+    "train": "experiments.bench.train:train_suite",
 }
 
 Row = dict[str, Any]
@@ -91,6 +92,8 @@ class BenchConfig:
         device: ``"cpu"`` or ``"cuda"``.
         quick: tiny shapes and one round, to check that a suite runs (tests, CI).
         settle: untimed calls of a callable right before each of its timed calls (see the module doc).
+        train_batch, train_patch: the ``train`` suite's batch and patch size (default: the ``paper`` preset's).
+        train_models: the ``train`` suite's models (default: all of :data:`experiments.bench.train.BENCH_MODELS`).
     """
 
     repeat: int = 5
@@ -98,6 +101,9 @@ class BenchConfig:
     device: str = "cpu"
     quick: bool = False
     settle: int = 1
+    train_batch: int | None = None
+    train_patch: int | None = None
+    train_models: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass

@@ -12,7 +12,8 @@ from ._args import run_flag_paths
 
 __all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
 
-_FLAGS = ("sigma", "iters", "batch_size", "patch_size", "lr", "train_data", "data_root", "channels", "device", "threads")
+_FLAGS = ("sigma", "iters", "batch_size", "patch_size", "lr", "train_data", "data_root", "channels", "device", "threads",
+          "precision", "channels_last", "compile")
 # CLI flag (argparse dest) -> config path it overrides.
 SHORTCUTS = run_flag_paths(*_FLAGS)
 
