@@ -2,7 +2,10 @@
 # The checks that need a GPU, in one go, for a machine with CUDA (CI has none):
 #   1. the CUDA tests: tests/dynfilter/test_cuda.py and the CUDA cases of test_dynamic_filter_backends.py and test_surgery.py;
 #   2. the benchmark on the GPU: dynfilter bench --suite $GPU_CHECK_SUITES --device cuda
-#      (default: dynamic adfnet deform model).
+#      (default: dynamic adfnet deform model);
+#   3. training throughput at the paper's shape (16x3x128x128) per model and trainer option (fp32, bf16, fp16,
+#      channels_last, compile): dynfilter bench --suite train --device cuda, into $OUT/bench-train
+#      (its own timeout: compiling 5 models twice takes minutes).
 # Runs from a source checkout with the python3 that holds torch (the package need not be installed).
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (default: $OUT, else gpu-check/)
 set -uo pipefail
@@ -20,4 +23,6 @@ timeout "${GPU_CHECK_TEST_S:-240}" python3 -m pytest -o addopts="" -q -p no:cach
 # shellcheck disable=SC2086  # the suites are words
 timeout "${GPU_CHECK_BENCH_S:-300}" python3 -m experiments.cli bench --suite ${GPU_CHECK_SUITES:-dynamic adfnet deform model} --device cuda --repeat 5 \
   --out "$out/bench" 2>&1 | tee "$out/bench.txt" || status=1
+timeout "${GPU_CHECK_TRAIN_S:-420}" python3 -m experiments.cli bench --suite train --device cuda --repeat 10 --settle 0 \
+  --out "$out/bench-train" 2>&1 | tee "$out/bench-train.txt" || status=1
 exit $status

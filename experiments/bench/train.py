@@ -11,6 +11,8 @@ and without MDCB, the published ADFNet), built as a sweep builds them; each is t
 - ``GFLOP/s``: ``2 × 3 × fwd MACs × it/s``. Convention: a training step costs about 3 forward passes
   (the backward pass computes the gradient of the input and of the weights, each about one forward),
   and one MAC is 2 FLOPs. It is the useful arithmetic rate, not a hardware counter;
+- ``loss rel Δ``: the first step's loss against fp32 eager's on the same weights and batch (the options'
+  numerics, inductor's generated code included);
 - ``paper run h``: the ``paper`` preset's iterations × the step time, **projected** to the preset's
   batch and patch size in proportion to the MACs when a smaller shape was timed (``--batch``,
   ``--patch``, ``--quick``). A projection: memory traffic, caches and the GPU's occupancy do not scale
@@ -141,10 +143,12 @@ def _rows(label: str, config: BenchConfig, batch: int, patch: int) -> list[Row]:
     options = train_options(config)
     steps = {o.label: _step(model, o, x, y, device) for o in options}
     first: dict[str, float] = {}
+    first_loss: dict[str, float] = {}
     for name, step in steps.items():  # the first call compiles (compile) and allocates; timed apart
         tic = time.perf_counter()
-        step()
+        first_loss[name] = step()  # the same weights and batch for every option
         first[name] = time.perf_counter() - tic
+    reference_loss = first_loss[options[0].label]
     timings = _time(steps, config)
     base = timings[options[0].label].median
     rows = []
@@ -171,6 +175,7 @@ def _rows(label: str, config: BenchConfig, batch: int, patch: int) -> list[Row]:
             "paper run h": iterations * projected / 3600,
             "projected": macs != paper_macs,
             "first step s": first[option.label],
+            "loss rel Δ": abs(first_loss[option.label] - reference_loss) / reference_loss,
             "threads": t.threads,
         })
     return rows
@@ -183,7 +188,7 @@ def _time(steps: dict[str, Callable[[], float]], config: BenchConfig) -> dict[st
 
 
 COLUMNS = ("model", "option", "shape", "step s", "it/s", "speedup vs fp32", "fwd GMACs", "GFLOP/s", "paper step s",
-           "paper run h", "first step s", "threads")
+           "paper run h", "first step s", "loss rel Δ", "threads")
 
 
 def train_suite(config: BenchConfig) -> list[Section]:
@@ -198,7 +203,8 @@ def train_suite(config: BenchConfig) -> list[Section]:
     projected = (batch, patch) != (paper_batch, paper_patch)
     note = (
         f"Timed shape {batch}×3×{patch}×{patch}; {rounds_note(config.repeat, config.settle)} per option after "
-        f"{config.warmup} warm-up round(s) and one first call (its time, compiling included, is 'first step s'). "
+        f"{config.warmup} warm-up round(s) and one first call (its time, compiling included, is 'first step s'; "
+        f"'loss rel Δ' compares its loss, on the same weights and batch, with fp32 eager's). "
         f"The trainer's step (experiments.train_step.TrainStep: Adam, L2 loss). GFLOP/s = 2 × {TRAIN_MAC_FACTOR} × "
         f"forward MACs × it/s (a step ≈ {TRAIN_MAC_FACTOR} forward passes). 'paper run h' = {iterations:,} iterations "
         f"(the paper preset) × 'paper step s'"
