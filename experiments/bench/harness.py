@@ -55,6 +55,7 @@ __all__ = [
     "BenchConfig",
     "Section",
     "SUITES",
+    "EXPLICIT_SUITES",
     "time_callable",
     "peak_memory",
     "copy_bandwidth",
@@ -78,6 +79,8 @@ SUITES: dict[str, str] = {
     "onnx": "experiments.bench.onnx:onnx_suite",
     "train": "experiments.bench.train:train_suite",
 }
+#: Suites that ``--suite all`` leaves out: at their default shapes they take hours on a CPU (name them to run them).
+EXPLICIT_SUITES: tuple[str, ...] = ("train",)
 
 Row = dict[str, Any]
 
@@ -94,6 +97,8 @@ class BenchConfig:
         settle: untimed calls of a callable right before each of its timed calls (see the module doc).
         train_batch, train_patch: the ``train`` suite's batch and patch size (default: the ``paper`` preset's).
         train_models: the ``train`` suite's models (default: all of :data:`experiments.bench.train.BENCH_MODELS`).
+        train_options: labels of the ``train`` suite's options (default: all of
+            :func:`experiments.bench.train.train_options`; the first one given is the baseline of the speedups).
     """
 
     repeat: int = 5
@@ -104,6 +109,7 @@ class BenchConfig:
     train_batch: int | None = None
     train_patch: int | None = None
     train_models: tuple[str, ...] = ()
+    train_options: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass

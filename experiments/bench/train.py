@@ -11,8 +11,9 @@ and without MDCB, the published ADFNet), built as a sweep builds them; each is t
 - ``GFLOP/s``: ``2 × 3 × fwd MACs × it/s``. Convention: a training step costs about 3 forward passes
   (the backward pass computes the gradient of the input and of the weights, each about one forward),
   and one MAC is 2 FLOPs. It is the useful arithmetic rate, not a hardware counter;
-- ``loss rel Δ``: the first step's loss against fp32 eager's on the same weights and batch (the options'
-  numerics, inductor's generated code included);
+- ``speedup``: against the first option (fp32 eager unless ``--options`` says otherwise);
+- ``loss rel Δ``: the first step's loss against the first option's on the same weights and batch (the
+  options' numerics, inductor's generated code included);
 - ``paper run h``: the ``paper`` preset's iterations × the step time, **projected** to the preset's
   batch and patch size in proportion to the MACs when a smaller shape was timed (``--batch``,
   ``--patch``, ``--quick``). A projection: memory traffic, caches and the GPU's occupancy do not scale
@@ -70,13 +71,23 @@ def train_options(config: BenchConfig) -> list[TrainOption]:
 
     fp16 is timed on CUDA only (on a CPU without float16 arithmetic it runs emulated and says nothing
     about a GPU); ``compile`` is left out in quick mode (compiling takes minutes on a CPU).
+    ``config.train_options`` picks some of them by label, in its order.
+
+    >>> [o.label for o in train_options(BenchConfig(train_options=("bf16", "fp32")))]
+    ['bf16', 'fp32']
     """
     cuda = torch.device(config.device).type == "cuda"
     options = [TrainOption(), TrainOption("bf16")] + ([TrainOption("fp16")] if cuda else [])
     options.append(TrainOption(channels_last=True))
     if not config.quick:
         options += [TrainOption(compile=True), TrainOption("bf16", channels_last=True, compile=True)]
-    return options
+    if not config.train_options:
+        return options
+    known = {o.label: o for o in options}
+    unknown = [label for label in config.train_options if label not in known]
+    if unknown:
+        raise ValueError(f"unknown train-suite option(s) {unknown} here; known: {list(known)}")
+    return [known[label] for label in config.train_options]
 
 
 def paper_shape() -> tuple[int, int, int]:
@@ -150,7 +161,7 @@ def _rows(label: str, config: BenchConfig, batch: int, patch: int) -> list[Row]:
         first[name] = time.perf_counter() - tic
     reference_loss = first_loss[options[0].label]
     timings = _time(steps, config)
-    base = timings[options[0].label].median
+    base = timings[options[0].label].median  # the first option (fp32 eager by default)
     rows = []
     for option in options:
         t = timings[option.label]
@@ -165,7 +176,7 @@ def _rows(label: str, config: BenchConfig, batch: int, patch: int) -> list[Row]:
             "shape": f"{batch}×3×{patch}×{patch}",
             "step s": t.median,
             "it/s": its,
-            "speedup vs fp32": base / t.median,
+            "speedup": base / t.median,
             "fwd GMACs": macs / 1e9,
             "GFLOP/s": 2 * TRAIN_MAC_FACTOR * macs * its / 1e9,
             "paper shape": f"{paper_batch}×3×{paper_patch}×{paper_patch}",
@@ -187,7 +198,7 @@ def _time(steps: dict[str, Callable[[], float]], config: BenchConfig) -> dict[st
     return time_callables(steps, config.repeat, config.warmup, config.device, config.settle)
 
 
-COLUMNS = ("model", "option", "shape", "step s", "it/s", "speedup vs fp32", "fwd GMACs", "GFLOP/s", "paper step s",
+COLUMNS = ("model", "option", "shape", "step s", "it/s", "speedup", "fwd GMACs", "GFLOP/s", "paper step s",
            "paper run h", "first step s", "loss rel Δ", "threads")
 
 
@@ -199,12 +210,14 @@ def train_suite(config: BenchConfig) -> list[Section]:
         raise ValueError(f"unknown train-suite model(s) {unknown}; known: {list(BENCH_MODELS)}")
     batch, patch = _shape(config)
     iterations, paper_batch, paper_patch = paper_shape()
+    options = train_options(config)
     rows = [row for label in labels for row in _rows(label, config, batch, patch)]
     projected = (batch, patch) != (paper_batch, paper_patch)
     note = (
         f"Timed shape {batch}×3×{patch}×{patch}; {rounds_note(config.repeat, config.settle)} per option after "
         f"{config.warmup} warm-up round(s) and one first call (its time, compiling included, is 'first step s'; "
-        f"'loss rel Δ' compares its loss, on the same weights and batch, with fp32 eager's). "
+        f"'loss rel Δ' compares its loss, on the same weights and batch, with the first option's; 'speedup' is "
+        f"against the first option, {options[0].label}). "
         f"The trainer's step (experiments.train_step.TrainStep: Adam, L2 loss). GFLOP/s = 2 × {TRAIN_MAC_FACTOR} × "
         f"forward MACs × it/s (a step ≈ {TRAIN_MAC_FACTOR} forward passes). 'paper run h' = {iterations:,} iterations "
         f"(the paper preset) × 'paper step s'"
