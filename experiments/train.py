@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -285,7 +286,7 @@ def fit(
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     train_step = TrainStep(net, optimizer, loss, precision=settings.precision, channels_last=settings.channels_last,
-                     compile=settings.compile, device=device)
+                           compile=settings.compile, device=device)
     train_step.load_state_dict(scaler_state)
     keep = {int(step) for step in snapshots}
 
@@ -321,7 +322,7 @@ def fit(
         value = train_step(noisy[rows], clean[rows])
         with warnings.catch_warnings():
             # fp16: the scaler skips the steps whose gradients overflowed; the schedule still counts them.
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
             scheduler.step()
         last_loss = float(value.detach())
         if not math.isfinite(last_loss):
