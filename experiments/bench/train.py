@@ -113,11 +113,10 @@ def _paper_run(label: str) -> Any:
 
 def _build(label: str) -> nn.Module:
     from experiments.checkpoint import build_model
-    from experiments.run import _recipe_kwargs, model_kwargs
+    from experiments.run import model_kwargs
 
-    settings = _paper_run(label).settings
-    recipe_kwargs = _recipe_kwargs(settings) if settings.recipe else None
-    return build_model(settings.backbone, model_kwargs(settings), settings.recipe, recipe_kwargs, seed=0)
+    settings = _paper_run(label).settings  # the paper's variants train from scratch: recipe_kwargs as given
+    return build_model(settings.backbone, model_kwargs(settings), settings.recipe, settings.recipe_kwargs or None, seed=0)
 
 
 def _shape(config: BenchConfig) -> tuple[int, int]:

@@ -186,3 +186,16 @@ def test_sweep_flags_set_the_options_and_every_row_records_them(tmp_path):
     row = ResultsTable(out).read().iloc[0]
     assert row["id"] == run.id
     assert (row["precision"], bool(row["channels_last"]), bool(row["compile"])) == ("bf16", True, False)
+
+
+def test_train_command_records_the_options(tmp_path):
+    import json
+
+    from experiments.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--model", "dncnn", "--kwargs", "depth=3,channels=4", "--iters", "1",
+                 "--precision", "fp16", "--channels-last", "--no-eval", "--no-progress", "--out", str(out)]) == 0
+    summary = json.loads((out / "result.json").read_text())
+    assert (summary["precision"], summary["channels_last"], summary["compile"]) == ("fp16", True, False)
+    assert "scaler" in load_checkpoint(out / "checkpoint.pt")
