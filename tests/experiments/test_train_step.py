@@ -199,3 +199,23 @@ def test_train_command_records_the_options(tmp_path):
     summary = json.loads((out / "result.json").read_text())
     assert (summary["precision"], summary["channels_last"], summary["compile"]) == ("fp16", True, False)
     assert "scaler" in load_checkpoint(out / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_the_model_sees_the_layout_and_autocast_asked_for(precision):
+    seen = {}
+
+    class Probe(torch.nn.Conv2d):
+        def forward(self, x):
+            seen["input nhwc"] = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            seen["autocast"] = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+            return super().forward(x)
+
+    model = Probe(3, 3, 3, padding=1).to(memory_format=torch.channels_last)
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), l2_loss, precision=precision,
+                     channels_last=True)
+    x = torch.rand(2, 3, 6, 6)
+    assert step(x, x).dtype == torch.float32
+    expected = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert seen == {"input nhwc": True, "autocast": expected}
+    assert (step.scaler is not None) == (precision == "fp16")
