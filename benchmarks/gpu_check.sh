@@ -6,6 +6,9 @@
 #   3. packing small runs on one GPU: benchmarks/sweep_jobs.py times the quick DnCNN sweep (8 runs at the
 #      paper's batch 16 and patch 128, 1,000 steps each) with --jobs 1, 2 and 4, and with --executor ray
 #      when ray is installed (docs/experiments.md, Scaling out).
+#   4. training throughput at the paper's shape (16x3x128x128) per model and trainer option (fp32, bf16, fp16,
+#      channels_last, compile): dynfilter bench --suite train --device cuda, into $OUT/bench-train
+#      (its own timeout: compiling 5 models twice takes minutes).
 # Runs from a source checkout with the python3 that holds torch (the package need not be installed).
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (default: $OUT, else gpu-check/)
 set -uo pipefail
@@ -28,4 +31,6 @@ ray_row=$(python3 -c "import ray" 2>/dev/null && echo "--executor ray")
 timeout "${GPU_CHECK_SWEEP_S:-600}" python3 benchmarks/sweep_jobs.py --study dncnn --preset quick --device cuda \
   --set train.iterations=1000 --set train.batch_size=16 --set train.patch_size=128 --set 'seeds=[0, 1]' \
   --jobs 1 2 4 $ray_row 2>&1 | tee "$out/sweep_jobs.txt" || status=1
+timeout "${GPU_CHECK_TRAIN_S:-420}" python3 -m experiments.cli bench --suite train --device cuda --repeat 10 --settle 0 \
+  --out "$out/bench-train" 2>&1 | tee "$out/bench-train.txt" || status=1
 exit $status

@@ -3,6 +3,7 @@
 A checkpoint is a ``torch.save`` dict with
 
 - ``"model"``, ``"optimizer"``, ``"scheduler"``: state dicts (the model's without any DDP wrapper);
+- ``"scaler"`` (fp16 training only): the gradient scaler's state (:class:`experiments.train_step.TrainStep`);
 - ``"iteration"``: training steps completed; ``"iterations"``: steps planned;
 - ``"rng"``: ``{"torch": global CPU RNG state, "stream": the data stream's generator state}``;
 - ``"train_seconds"``, ``"last_loss"``;

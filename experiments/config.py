@@ -231,12 +231,27 @@ def load_config(
     """
     merged = copy.deepcopy(DEFAULTS)
     if preset is not None:
-        merged = deep_merge(merged, _read_yaml(preset_path(preset)))
+        path = preset_path(preset)
+        merged = deep_merge(merged, _read_yaml(path))
+        _validate_from(merged, f"preset {preset!r} ({path})")
     if config is not None:
         merged = deep_merge(merged, _read_yaml(Path(config)))
+        _validate_from(merged, f"config file {config}")
+    overrides = list(overrides)
     merged = apply_overrides(merged, overrides)
-    validate_config(merged)
+    _validate_from(merged, "the --set override(s) " + ", ".join(overrides) if overrides else "the defaults")
     return merged
+
+
+def _validate_from(config: Mapping[str, Any], source: str) -> None:
+    """:func:`validate_config`, its message prefixed with the source that was merged last (a file, ``--set``).
+
+    Each source is checked right after it is merged, so the first one that brings a bad value is named.
+    """
+    try:
+        validate_config(config)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
 
 
 def study_config(config: Mapping[str, Any], name: str | None) -> tuple[str, dict[str, Any]]:
@@ -287,9 +302,11 @@ def config_from_args(args: Any, shortcuts: Mapping[str, str], default_preset: st
     shortcut flags: ``shortcuts`` maps an ``args`` attribute to a config path (set when not ``None``)."""
     preset = args.preset if args.preset is not None or args.config is not None else default_preset
     config = load_config(preset, args.config, args.overrides)
+    flags = []
     for attr, path in shortcuts.items():
         value = getattr(args, attr, None)
         if value is not None:
             set_path(config, path, value)
-    validate_config(config)
+            flags.append(f"--{attr.replace('_', '-')}")
+    _validate_from(config, "the flag(s) " + ", ".join(flags) if flags else "the config")
     return config

@@ -68,7 +68,14 @@ __all__ = [
 
 
 # Settings that do not change what a run computes; left out of the hash so they can differ per machine.
-_UNHASHED: tuple[str, ...] = ("data.data_root", "train.checkpoint_every", "train.device", "train.threads")
+# channels_last and compile change only the memory layout and the kernels (float sums in another order),
+# as device and threads do.
+_UNHASHED: tuple[str, ...] = (
+    "data.data_root", "train.checkpoint_every", "train.device", "train.threads", "train.channels_last", "train.compile",
+)
+# Settings added after results existed: left out of the hash at their default, so earlier runs keep their ids
+# and their checkpoints resume; any other value is hashed (bf16 or fp16 training computes something else).
+_HASHED_UNLESS_DEFAULT: dict[str, Any] = {"train.precision": "fp32"}
 
 PROTOCOLS: tuple[str, ...] = ("scratch", "warm_start")
 #: The settings in which the two arms of a pair (baseline and enhanced, same seed) may differ.
@@ -87,9 +94,19 @@ def canonical(value: Any) -> Any:
 
 
 def settings_hash(settings: RunSettings | Mapping[str, Any], drop: Iterable[str] = ()) -> str:
-    """An 8-hex-digit hash of ``settings`` without the unhashed keys and the dotted paths in ``drop``."""
+    """An 8-hex-digit hash of ``settings`` without the unhashed keys and the dotted paths in ``drop``.
+
+    ``train.precision`` counts only when it is not ``fp32``, so the runs made before it existed keep their ids.
+
+    >>> base = RunSettings("dncnn")
+    >>> settings_hash(base) == settings_hash(base.replace(**{"train.compile": True, "train.channels_last": True}))
+    True
+    >>> settings_hash(base) == settings_hash(base.replace(**{"train.precision": "bf16"}))
+    False
+    """
     s = canonical(plain(settings))
-    for path in (*_UNHASHED, *drop):
+    at_default = [path for path, default in _HASHED_UNLESS_DEFAULT.items() if _get(s, path) in (None, default)]
+    for path in (*_UNHASHED, *at_default, *drop):
         *parents, last = path.split(".")
         node = s
         for p in parents:
@@ -487,6 +504,9 @@ def execute(
         "lr_step": train.lr_step,
         "lr_gamma": train.lr_gamma,
         "loss": loss_name(train.loss, paired=paired),
+        "precision": train.precision,
+        "channels_last": train.channels_last,
+        "compile": train.compile,
         "final_loss": result.final_loss,
         "train_seconds": result.train_seconds,
         "train_seconds_spent": result.spent_seconds,

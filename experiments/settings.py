@@ -27,6 +27,7 @@ __all__ = [
     "Train",
     "Test",
     "Measure",
+    "PRECISIONS",
     "RunSettings",
     "SECTIONS",
     "RUN_SECTIONS",
@@ -57,6 +58,10 @@ class Noise:
             raise ValueError(f"noise.sigma must be a finite number >= 0 on the 0-255 scale, got {self.sigma!r}")
 
 
+#: ``train.precision`` values: float32, bfloat16 autocast, float16 autocast with a gradient scaler.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class Train:
     """Training (defaults: the published colour AWGN training, spec §8a): steps, patches, Adam + StepLR.
@@ -65,6 +70,11 @@ class Train:
     ``loss`` is ``auto`` (L2, or Charbonnier for paired data), ``l2``, ``l2_sum`` or ``charbonnier``;
     ``augment`` draws one of the 8 flips/rotations per patch; a checkpoint is written every
     ``checkpoint_every`` steps and at the end. ``device`` and ``threads`` say where it runs.
+
+    How each step runs (:mod:`experiments.train_step`): ``precision`` is ``fp32`` (the default),
+    ``bf16`` (forward under bfloat16 autocast) or ``fp16`` (float16 autocast with a gradient scaler);
+    ``channels_last`` keeps the weights and batches in NHWC memory; ``compile`` runs the forward, loss and
+    backward under ``torch.compile``. Weights and the optimiser stay float32 in every case.
 
     >>> Train(iterations=10, lr_step=4).betas
     (0.9, 0.999)
@@ -84,8 +94,13 @@ class Train:
     checkpoint_every: int = 200
     device: str = "auto"
     threads: int | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.iterations < 0:
             raise ValueError(f"train.iterations must be >= 0, got {self.iterations}")
         if self.batch_size < 1 or self.patch_size < 1:

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -35,6 +37,7 @@ from torch import nn
 from . import ddp
 from .checkpoint import check_fits, load_checkpoint, save_checkpoint, snapshot_path
 from .settings import Train
+from .train_step import TrainStep, memory_format
 
 __all__ = [
     "LOSSES",
@@ -230,8 +233,9 @@ def fit(
         model: the network, ``Tensor[B, C, H, W] → Tensor[B, C, H, W]``.
         sampler: training patches.
         loss: ``loss(output, clean) → scalar``.
-        settings: the training settings; :func:`fit` reads the optimiser, schedule, iterations and
-            checkpoint frequency (the sampler already holds the patch and batch sizes).
+        settings: the training settings; :func:`fit` reads the optimiser, schedule, iterations,
+            checkpoint frequency and how each step runs (``precision``, ``channels_last``, ``compile``:
+            :class:`~experiments.train_step.TrainStep`); the sampler already holds the patch and batch sizes.
         seed: seeds the data stream (the model is assumed already initialised from it).
         noise: the synthetic noise; ``None`` for paired samplers.
         checkpoint: file to resume from and write to (atomically, every ``checkpoint_every`` steps and
@@ -254,13 +258,14 @@ def fit(
         raise ValueError(f"the global batch size {sampler.batch_size} must be divisible by the {world} processes")
     local = sampler.batch_size // world
     device = torch.device(device)
-    model.to(device)
+    model.to(device, memory_format=memory_format(settings.channels_last))
     stream = torch.Generator().manual_seed(seed + STREAM_SEED_OFFSET)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps, weight_decay=settings.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
     start, seconds, spent, last_loss = 0, 0.0, 0.0, math.nan
+    scaler_state = None
     if checkpoint is not None and Path(checkpoint).is_file():
         state = load_checkpoint(checkpoint)
         if int(state["iteration"]) > settings.iterations:
@@ -272,6 +277,7 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scaler_state = state.get("scaler")
         stream.set_state(state["rng"]["stream"])
         torch.set_rng_state(state["rng"]["torch"])
         start, seconds, last_loss = int(state["iteration"]), float(state["train_seconds"]), float(state["last_loss"])
@@ -279,6 +285,9 @@ def fit(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
+    train_step = TrainStep(net, optimizer, loss, precision=settings.precision, channels_last=settings.channels_last,
+                           compile=settings.compile, device=device)
+    train_step.load_state_dict(scaler_state)
     keep = {int(step) for step in snapshots}
 
     def save(iteration: int, path: str | os.PathLike | None = checkpoint) -> None:
@@ -289,6 +298,7 @@ def fit(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            **({"scaler": train_step.state_dict()} if train_step.scaler is not None else {}),
             "iteration": iteration,
             "iterations": settings.iterations,
             "rng": {"torch": torch.get_rng_state(), "stream": stream.get_state()},
@@ -309,12 +319,11 @@ def fit(
         else:
             noisy, clean = batch
         rows = slice(rank * local, (rank + 1) * local)
-        noisy, clean = noisy[rows].to(device), clean[rows].to(device)
-        optimizer.zero_grad(set_to_none=True)
-        value = loss(net(noisy), clean)
-        value.backward()
-        optimizer.step()
-        scheduler.step()
+        value = train_step(noisy[rows], clean[rows])
+        with warnings.catch_warnings():
+            # fp16: the scaler skips the steps whose gradients overflowed; the schedule still counts them.
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
+            scheduler.step()
         last_loss = float(value.detach())
         if not math.isfinite(last_loss):
             run = (meta or {}).get("run_id", "the run")
@@ -334,6 +343,7 @@ def fit(
         save(start)
     if world > 1:
         torch.distributed.barrier()
+    model.to(memory_format=torch.contiguous_format)  # testing and inference get the usual layout
     model.eval()
     return TrainResult(settings.iterations, seconds, last_loss, start, losses, spent)
 

@@ -5,6 +5,7 @@
 - :mod:`.dynamic`: the dynamic filter against its unfold reference, and ADFNet inference;
 - :mod:`.deform`: the modulated deformable conv against torchvision's, and an ADFNet training step;
 - :mod:`.onnx`: onnxruntime (CPU) against PyTorch eager inference of exported ADFNet and DnCNN + DConv;
+- :mod:`.train`: training steps per second per model and trainer option, FLOP/s, the paper run's time;
 - :mod:`.models`: the ADFNet the whole-model suites time.
 
 Method and results: ``docs/performance.md``.

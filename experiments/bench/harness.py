@@ -55,6 +55,7 @@ __all__ = [
     "BenchConfig",
     "Section",
     "SUITES",
+    "EXPLICIT_SUITES",
     "time_callable",
     "peak_memory",
     "copy_bandwidth",
@@ -77,7 +78,10 @@ SUITES: dict[str, str] = {
     "model": "experiments.bench.deform:model_suite",
     "onnx": "experiments.bench.onnx:onnx_suite",
     "fused": "experiments.bench.fused:fused_suite",
+    "train": "experiments.bench.train:train_suite",
 }
+#: Suites that ``--suite all`` leaves out: at their default shapes they take hours on a CPU (name them to run them).
+EXPLICIT_SUITES: tuple[str, ...] = ("train",)
 
 Row = dict[str, Any]
 
@@ -92,6 +96,10 @@ class BenchConfig:
         device: ``"cpu"`` or ``"cuda"``.
         quick: tiny shapes and one round, to check that a suite runs (tests, CI).
         settle: untimed calls of a callable right before each of its timed calls (see the module doc).
+        train_batch, train_patch: the ``train`` suite's batch and patch size (default: the ``paper`` preset's).
+        train_models: the ``train`` suite's models (default: all of :data:`experiments.bench.train.BENCH_MODELS`).
+        train_options: labels of the ``train`` suite's options (default: all of
+            :func:`experiments.bench.train.train_options`; the first one given is the baseline of the speedups).
     """
 
     repeat: int = 5
@@ -99,6 +107,10 @@ class BenchConfig:
     device: str = "cpu"
     quick: bool = False
     settle: int = 1
+    train_batch: int | None = None
+    train_patch: int | None = None
+    train_models: tuple[str, ...] = ()
+    train_options: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass

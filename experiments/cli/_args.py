@@ -9,6 +9,8 @@ import argparse
 import ast
 from typing import Any
 
+from experiments.settings import PRECISIONS
+
 __all__ = [
     "parse_kwargs",
     "add_kwargs_argument",
@@ -115,6 +117,12 @@ _RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "channels": ("data.channels", {"type": int, "choices": (1, 3), "help": "train on colour (3) or grey (1) images"}),
     "device": ("train.device", {"help": "auto (default: CUDA if available), cpu, cuda or cuda:N"}),
     "threads": ("train.threads", {"type": int, "help": "CPU threads for training and testing"}),
+    "precision": ("train.precision", {"choices": PRECISIONS, "help": (
+        "fp32 (default), bf16 (bfloat16 autocast) or fp16 (float16 autocast with a gradient scaler); weights stay fp32")}),
+    "channels_last": ("train.channels_last", {"action": "store_true", "default": None,
+                                              "help": "keep weights and batches in NHWC memory (channels_last)"}),
+    "compile": ("train.compile", {"action": "store_true", "default": None,
+                                  "help": "run forward, loss and backward under torch.compile (compiles at the first step)"}),
 }
 
 

@@ -26,7 +26,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["all"],
         choices=["all", *SUITES],
-        help="suites to run, in order (default: all)",
+        help="suites to run, in order (default: all, which leaves out train: name it to run it)",
     )
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds per measurement; the median is kept (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before them (default 1)")
@@ -46,6 +46,16 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         "other contender just freed do not enter the timings; see docs/performance.md",
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes and one round: check that the suites run")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="train suite: patches per step (default: the paper preset's 16; 2 with --quick)")
+    parser.add_argument("--patch", type=int, default=None,
+                        help="train suite: patch side (default: the paper preset's 128; 16 with --quick); the paper "
+                        "run's time is then projected in proportion to the MACs")
+    parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                        help="train suite: which models, e.g. 'DnCNN-5/32' 'ADFNet' (default: all)")
+    parser.add_argument("--options", nargs="+", default=None, metavar="OPTION",
+                        help="train suite: which trainer options, by label, e.g. fp32 bf16 'fp32 + compile' "
+                        "(default: all; the first is the baseline of the speedups)")
     parser.add_argument("--out", default="bench-results", help="folder for bench.md and bench.csv (default bench-results)")
 
 
@@ -61,6 +71,13 @@ def _command(args: argparse.Namespace) -> str:
         parts.append("--keep-memory")
     if args.quick:
         parts.append("--quick")
+    for flag in ("batch", "patch"):
+        if getattr(args, flag) is not None:
+            parts += [f"--{flag}", str(getattr(args, flag))]
+    if args.models:
+        parts += ["--models", *args.models]
+    if args.options:
+        parts += ["--options", *args.options]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -68,6 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from experiments.bench.harness import (
+        EXPLICIT_SUITES,
         SUITES,
         BenchConfig,
         allocator_environment,
@@ -88,9 +106,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    names = list(SUITES) if "all" in args.suite else list(dict.fromkeys(args.suite))
+    for flag in ("batch", "patch"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    names = [n for n in SUITES if n not in EXPLICIT_SUITES] if "all" in args.suite else list(dict.fromkeys(args.suite))
     config = BenchConfig(
-        repeat=1 if args.quick else args.repeat, warmup=args.warmup, device=args.device, quick=args.quick, settle=args.settle
+        repeat=1 if args.quick else args.repeat, warmup=args.warmup, device=args.device, quick=args.quick, settle=args.settle,
+        train_batch=args.batch, train_patch=args.patch, train_models=tuple(args.models or ()),
+        train_options=tuple(args.options or ()),
     )
     env = environment()
     env["allocator"] = "keeps freed memory" if args.keep_memory and keep_freed_memory() else "default"

@@ -11,7 +11,7 @@ __all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
 
 DEFAULT_PRESET = "quick"
 
-_FLAGS = ("iters", "sigma", "data_root", "device", "threads")
+_FLAGS = ("iters", "sigma", "data_root", "device", "threads", "precision", "channels_last", "compile")
 # CLI flag (argparse dest) -> path inside the study it overrides (after the study's own sections).
 SHORTCUTS = run_flag_paths(*_FLAGS)
 

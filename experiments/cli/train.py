@@ -12,7 +12,8 @@ from ._args import run_flag_paths
 
 __all__ = ["HELP", "DESCRIPTION", "arguments", "run"]
 
-_FLAGS = ("sigma", "iters", "batch_size", "patch_size", "lr", "train_data", "data_root", "channels", "device", "threads")
+_FLAGS = ("sigma", "iters", "batch_size", "patch_size", "lr", "train_data", "data_root", "channels", "device", "threads",
+          "precision", "channels_last", "compile")
 # CLI flag (argparse dest) -> config path it overrides.
 SHORTCUTS = run_flag_paths(*_FLAGS)
 
@@ -92,9 +93,11 @@ def _train_and_test(spec: Any, out: Any, rank: int, world: int, args: argparse.N
     model, result = train_model(
         spec.settings, out / "checkpoint.pt", progress=False if args.no_progress else None, meta={"run_id": spec.id}
     )
+    train = spec.settings.train
     summary: dict[str, Any] = {"id": spec.id, "checkpoint": str(out / "checkpoint.pt"),
                                "iterations": result.iterations, "final_loss": result.final_loss,
-                               "train_seconds": result.train_seconds}
+                               "train_seconds": result.train_seconds, "precision": train.precision,
+                               "channels_last": train.channels_last, "compile": train.compile}
     if rank == 0:
         print(f"trained {result.iterations} iterations in {result.train_seconds:.1f} s "
               f"(resumed at {result.resumed_from}); final loss {result.final_loss:.4g}")
