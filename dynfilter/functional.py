@@ -7,7 +7,8 @@ it validates the arguments and picks the implementation (``impl=``).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torchvision
@@ -26,6 +27,7 @@ __all__ = [
     "fused_dynamic_filter",
     "check_fused_dynamic_filter_args",
     "module_impl",
+    "unfused",
     "MODULE_IMPLS",
     "set_dynamic_filter_impl",
     "modulated_deform_conv2d",
@@ -263,6 +265,35 @@ def fused_dynamic_filter(
     weight = check_fused_dynamic_filter_args(x, guide, weight, bias, kernel_size, dilations)
     dilations = tuple(dilations)
     return fused_dynamic_filter_op(x, guide, weight, bias, kernel_size, list(dilations))
+
+
+@contextlib.contextmanager
+def unfused(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, kernel-generating modules on the fused path (``impl`` ``"fused"``, or ``"auto"``) run
+    the lean path instead, which makes the kernel map with ``kernel_conv`` as a module call: for tools that
+    hook or trace that call (:func:`dynfilter.inspect.capture`, :func:`dynfilter.complexity.profile`).
+    Values are the same; each module's ``impl`` is restored afterwards.
+
+    >>> from dynfilter import DConv
+    >>> block = DConv(4)
+    >>> with unfused(block):
+    ...     block.impl
+    'lean'
+    >>> block.impl
+    'auto'
+    """
+    changed = [
+        (m, m.impl)
+        for m in model.modules()
+        if isinstance(m, Switchable) and m.impl_op == "dynamic_filter" and m.impl in ("auto", *MODULE_IMPLS["dynamic_filter"])
+    ]
+    for m, _ in changed:
+        m.impl = _DEFAULT_IMPL
+    try:
+        yield model
+    finally:
+        for m, impl in changed:
+            m.impl = impl
 
 
 def module_impl(impl: str, device: torch.device) -> str:

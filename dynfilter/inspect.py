@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .functional import unfused
+
 from .layers import CB, DCB, MCB, MDCB, MFI, SEKG, DConv, ModulatedDeformConv2d
 from .spectral import DEFAULT_CUTOFF, radial_frequency, spectral_summary
 
@@ -419,7 +421,8 @@ def capture(
                 handles.append(generator.register_forward_hook(kernel_hook(name, f"{name}.kernel_conv", k, q)))
                 expected_kernels.append(name)
         model.eval()
-        with torch.no_grad():  # also makes the kernel generators run as modules (see layers/_pointwise.py)
+        # Unfused and without gradients, the kernel generators run as modules (see layers/_pointwise.py).
+        with torch.no_grad(), unfused(model):
             output = model(x)
     finally:
         for handle in handles:

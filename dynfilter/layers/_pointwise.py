@@ -13,7 +13,7 @@ from torch import nn
 
 from ..functional import check_fused_dynamic_filter_args, dynamic_filter, module_impl
 from ..ops.fused_dynamic_filter import fused_dynamic_filter_backward_op, fused_dynamic_filter_op
-from .sekg import SEKG, sekg_terms
+from .sekg import SEKG, sekg_functions, sekg_terms
 
 __all__ = ["pointwise_conv", "generated_filter"]
 
@@ -65,9 +65,12 @@ class _FusedGeneratedFilter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kernel_size, dilations, x, f, sw, sb, cw, cb, weight, bias):
-        spatial, channel = sekg_terms(f, sw, sb, cw, cb)
+        spatial, channel = sekg_terms(f, *sekg_functions(sw, sb, cw, cb))
         outs = fused_dynamic_filter_op(x, spatial.add_(channel), weight.flatten(1), bias, kernel_size, list(dilations))
         ctx.kernel_size, ctx.dilations = kernel_size, list(dilations)
+        # Backward remakes SEKG's output under the autocast state forward saw, so it is the same tensor.
+        device = f.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.save_for_backward(x, f, sw, sb, cw, cb, weight, bias)
         return tuple(outs)
 
@@ -75,9 +78,10 @@ class _FusedGeneratedFilter(torch.autograd.Function):
     def backward(ctx, *grads):
         x, f, sw, sb, cw, cb, weight, bias = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        with torch.enable_grad():
+        device, autocast, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=autocast):
             leaves = [None if t is None else t.detach().requires_grad_(n) for t, n in zip((f, sw, sb, cw, cb), needs[3:8])]
-            spatial, channel = sekg_terms(*leaves)
+            spatial, channel = sekg_terms(leaves[0], *sekg_functions(*leaves[1:]))
         sekg_grads: list[torch.Tensor | None] = [None] * 5
         wanted = [i for i, t in enumerate(leaves) if t is not None and t.requires_grad]
         # The depthwise conv's backward needs its input and weight, not its output: adding into it is safe.
@@ -112,6 +116,11 @@ def generated_filter(
     impl = module_impl(impl, x.device)
     if impl == "fused":
         check_fused_dynamic_filter_args(x, f, conv.weight, conv.bias, kernel_size, dilations)  # SEKG keeps f's shape
-        return list(_FusedGeneratedFilter.apply(kernel_size, tuple(dilations), x, f, *generator.parameter_list(), conv.weight, conv.bias))
+        params = (*generator.parameter_list(), conv.weight, conv.bias)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, f, *params)):
+            return list(_FusedGeneratedFilter.apply(kernel_size, tuple(dilations), x, f, *params))
+        # Nothing to differentiate (inference, FLOP profiles, export): the op itself, one node in a trace.
+        spatial, channel = sekg_terms(f, generator.spatial, generator.channel)
+        return fused_dynamic_filter_op(x, spatial.add_(channel), conv.weight.flatten(1), conv.bias, kernel_size, list(dilations))
     kernels = pointwise_conv(conv, generator(f))
     return [dynamic_filter(x, kernels, kernel_size, d, impl=impl) for d in dilations]

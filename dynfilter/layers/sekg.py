@@ -2,37 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SEKG", "sekg", "sekg_terms"]
+__all__ = ["SEKG", "sekg_terms", "sekg_functions"]
 
 
 def sekg_terms(
     x: torch.Tensor,
+    spatial: Callable[[torch.Tensor], torch.Tensor],
+    channel: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SEKG's two terms: ``spatial(x)`` ``(B, C, H, W)`` and ``channel(avgpool(x))`` broadcast as ``(B, C, 1, 1)``.
+
+    ``spatial`` is the depthwise 3×3 conv, ``channel`` the 1-D conv across the pooled ``(B, 1, C)`` channels:
+    :class:`SEKG`'s own submodules, or :func:`sekg_functions` of their parameters (the fused path's recompute).
+    """
+    b, c = x.shape[:2]
+    pooled = x.mean(dim=(2, 3)).view(b, 1, c)
+    return spatial(x), channel(pooled).view(b, c, 1, 1)
+
+
+def sekg_functions(
     spatial_weight: torch.Tensor,
     spatial_bias: torch.Tensor | None,
     channel_weight: torch.Tensor,
     channel_bias: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SEKG's two terms on explicit parameters: ``dwconv3×3(x)`` ``(B, C, H, W)`` and ``conv1d_3(avgpool(x))`` ``(B, C, 1, 1)``.
-
-    Args:
-        x (Tensor[B, C, H, W]): the features.
-        spatial_weight (Tensor[C, 1, 3, 3]), spatial_bias (Tensor[C]): the depthwise conv.
-        channel_weight (Tensor[1, 1, 3]), channel_bias (Tensor[1]): the 1-D conv across channels.
-    """
-    b, c = x.shape[:2]
-    pooled = x.mean(dim=(2, 3)).view(b, 1, c)
-    channel = F.conv1d(pooled, channel_weight, channel_bias, padding=1).view(b, c, 1, 1)
-    return F.conv2d(x, spatial_weight, spatial_bias, padding=1, groups=c), channel
-
-
-def sekg(x: torch.Tensor, *params: torch.Tensor | None) -> torch.Tensor:
-    """``dwconv3×3(x) + conv1d_3(avgpool(x))``: :class:`SEKG` on explicit parameters (see :func:`sekg_terms`)."""
-    spatial, channel = sekg_terms(x, *params)
-    return spatial + channel
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """SEKG's two convs as functions of explicit parameters, for :func:`sekg_terms`."""
+    groups = spatial_weight.shape[0]
+    return (
+        lambda x: F.conv2d(x, spatial_weight, spatial_bias, padding=1, groups=groups),
+        lambda pooled: F.conv1d(pooled, channel_weight, channel_bias, padding=1),
+    )
 
 
 class SEKG(nn.Module):
@@ -58,10 +63,11 @@ class SEKG(nn.Module):
         self.channel = nn.Conv1d(1, 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sekg(x, *self.parameter_list())
+        spatial, channel = sekg_terms(x, self.spatial, self.channel)
+        return spatial + channel
 
     def parameter_list(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        """``(spatial_weight, spatial_bias, channel_weight, channel_bias)``, the arguments of :func:`sekg`."""
+        """``(spatial_weight, spatial_bias, channel_weight, channel_bias)``, the arguments of :func:`sekg_functions`."""
         return self.spatial.weight, self.spatial.bias, self.channel.weight, self.channel.bias
 
     def extra_repr(self) -> str:

@@ -81,6 +81,7 @@ def test_compile_sees_one_node_and_matches_eager():
     torch._dynamo.reset()
     recorder = _GraphRecorder()
     module = dynfilter.DConv(3, dilation=3)
+    module.impl = "lean"  # this op's test; the fused path's is in test_fused_dynamic_filter.py
     compiled = torch.compile(module, backend=recorder, fullgraph=True)
     x = torch.randn(2, 3, 9, 7)
     torch.testing.assert_close(compiled(x), module(x))
@@ -103,6 +104,7 @@ def test_compile_aot_eager_forward_and_backward_match_reference():
 
 def test_export_keeps_the_op():
     module = dynfilter.MDCB(8, 8, deform_groups=4).eval()
+    module.impl = "lean"
     program = torch.export.export(module, (torch.randn(1, 8, 10, 9),))
     targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
     assert targets.count(torch.ops.dynfilter.dynamic_filter.default) == 3  # one per dilation branch

@@ -198,17 +198,28 @@ def test_flop_counter_counts_the_kernels_and_the_filters():
     assert counts["dynfilter.fused_dynamic_filter_backward"] == 2 * (2 * generate + 2 * filtering)
 
 
-def test_profile_counts_the_same_macs_fused_and_unfused():
-    from dynfilter.complexity import profile
+def test_fvcore_counts_the_same_macs_fused_and_unfused():
+    from fvcore.nn import FlopCountAnalysis
 
-    block = dynfilter.DConv(8)
+    from dynfilter.complexity import OP_HANDLES, profile
+
+    block = dynfilter.DConv(8).eval()
+    x = torch.randn(1, 8, 16, 12)
     counts = {}
     for impl in ("fused", "lean"):
-        dynfilter.set_dynamic_filter_impl(block, impl)
-        p = profile(block, (1, 8, 16, 12))
-        counts[impl] = (p.macs, p.by_operator)
+        block.impl = impl
+        with torch.no_grad():
+            analysis = FlopCountAnalysis(block, (x,)).set_op_handle(**OP_HANDLES).unsupported_ops_warnings(False)
+            counts[impl] = dict(analysis.by_operator())
     assert counts["fused"] == counts["lean"]
-    assert counts["fused"][0] == 16 * 12 * 8 * 9 * 8 + 16 * 12 * 8 * 9 + 16 * 12 * 8 * 9 + 8 * 3  # 1×1, filter, SEKG dw, eca
+    pixels = 16 * 12
+    # the 1×1 conv, SEKG's depthwise 3×3 and its 3-tap conv across the 8 pooled channels
+    assert counts["fused"]["conv"] == pixels * 8 * 9 * 8 + pixels * 8 * 9 + 8 * 3
+    assert counts["fused"]["dynamic_filter"] == pixels * 8 * 9
+    # profile() attributes the 1×1 conv to kernel_conv whatever the impl (it traces unfused) and leaves it as it was
+    block.impl = "fused"
+    assert {m.name: m.macs for m in profile(block, (1, 8, 16, 12)).modules}["kernel_conv"] == pixels * 8 * 9 * 8
+    assert block.impl == "fused"
 
 
 class _GraphRecorder:

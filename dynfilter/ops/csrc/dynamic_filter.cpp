@@ -14,6 +14,9 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <vector>
 
 namespace {
@@ -404,13 +407,22 @@ void fused_backward(const T* const* grads, const T* x, const T* guide, const T* 
   const Acc* bp = bias ? bt.data() : nullptr;
   const bool params = gw || gbias;
   const int64_t nw = q.c * q.taps * q.g, nb = q.c * q.taps;
-  std::vector<Acc> gw_total(params ? nw : 0, Acc(0)), gb_total(params ? nb : 0, Acc(0));
+  // One partial sum of the weight and bias gradients per thread, summed in thread order afterwards, and a static
+  // schedule: the same thread count gives the same bits.
+  std::vector<std::vector<Acc>> gw_parts(std::max(threads, 1)), gb_parts(std::max(threads, 1));
 #pragma omp parallel num_threads(threads)
   {
     std::vector<Acc> kbuf, packed, acc(q.w), gk(q.taps * wpad, Acc(0)), gs_row(gguide ? ppitch : 0);
-    std::vector<Acc> gw_part(gw ? nw : 0, Acc(0)), gb_part(gbias ? nb : 0, Acc(0));
+    int me = 0;
+#ifdef _OPENMP
+    me = omp_get_thread_num();
+#endif
+    std::vector<Acc>& gw_part = gw_parts[me];
+    std::vector<Acc>& gb_part = gb_parts[me];
+    gw_part.assign(gw ? nw : 0, Acc(0));
+    gb_part.assign(gbias ? nb : 0, Acc(0));
     if (gx) kbuf.resize(q.taps * (rows + 2 * q.halo) * q.w);
-#pragma omp for collapse(2) schedule(dynamic)
+#pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < q.b; ++b) {
       for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t y0 = blk * rows, y1 = std::min(q.h, y0 + rows);
@@ -473,16 +485,21 @@ void fused_backward(const T* const* grads, const T* x, const T* guide, const T* 
         }
       }
     }
-#pragma omp critical
-    {
-      for (int64_t i = 0; i < (gw ? nw : 0); ++i) gw_total[i] += gw_part[i];
-      for (int64_t i = 0; i < (gbias ? nb : 0); ++i) gb_total[i] += gb_part[i];
-    }
   }
   if (gw)
-    for (int64_t i = 0; i < nw; ++i) gw[i] = Io<T>::store(gw_total[i]);
+    for (int64_t i = 0; i < nw; ++i) {
+      Acc sum = 0;
+      for (const auto& part : gw_parts)
+        if (!part.empty()) sum += part[i];
+      gw[i] = Io<T>::store(sum);
+    }
   if (gbias)
-    for (int64_t i = 0; i < nb; ++i) gbias[i] = Io<T>::store(gb_total[i]);
+    for (int64_t i = 0; i < nb; ++i) {
+      Acc sum = 0;
+      for (const auto& part : gb_parts)
+        if (!part.empty()) sum += part[i];
+      gbias[i] = Io<T>::store(sum);
+    }
 }
 
 }  // namespace
