@@ -27,6 +27,7 @@ __all__ = [
     "fused_dynamic_filter",
     "check_fused_dynamic_filter_args",
     "module_impl",
+    "FUSED_MIN_KERNEL_VALUES",
     "unfused",
     "MODULE_IMPLS",
     "set_dynamic_filter_impl",
@@ -47,8 +48,10 @@ _DEFAULT_IMPL = "lean"
 #: kernels from the guide row by row inside the filter (:func:`fused_dynamic_filter`), so the kernel map is
 #: never held. A functional call is handed the kernels, so it has nothing to fuse.
 MODULE_IMPLS: dict[str, tuple[str, ...]] = {"dynamic_filter": ("fused",)}
-# What ``impl="auto"`` means in those modules, per device type: fused where it measures faster (docs/performance.md).
-_AUTO_MODULE_IMPL = {"cpu": "fused"}
+# What ``impl="auto"`` means in those modules: fused on CPU where the kernel map would hold at least this many
+# values (32 MiB in float32). Smaller maps stay in a 32 MiB last-level cache, the 1×1 conv's arithmetic decides
+# the time, and oneDNN's 1×1 conv beats the fused kernel's loop there (docs/performance.md, fused section).
+FUSED_MIN_KERNEL_VALUES = 1 << 23
 
 
 class Switchable:
@@ -296,13 +299,20 @@ def unfused(model: nn.Module) -> Iterator[nn.Module]:
             m.impl = impl
 
 
-def module_impl(impl: str, device: torch.device) -> str:
-    """What a kernel-generating module's ``impl`` (DConv's, MDCB's) means on ``device``: ``"auto"`` resolved.
+def module_impl(impl: str, x: torch.Tensor, kernel_channels: int) -> str:
+    """What a kernel-generating module's ``impl`` (DConv's, MDCB's) means for its input ``x``: ``"auto"`` resolved.
 
-    >>> module_impl("auto", torch.device("cpu")), module_impl("lean", torch.device("cpu"))
+    ``"auto"`` is ``"fused"`` on CPU when the kernel map, ``B·kernel_channels·H·W`` values, reaches
+    :data:`FUSED_MIN_KERNEL_VALUES`, else ``"lean"``; other values are returned as they are.
+
+    >>> module_impl("auto", torch.empty(16, 32, 128, 128), 288), module_impl("auto", torch.empty(1, 32, 64, 64), 288)
     ('fused', 'lean')
     """
-    return _AUTO_MODULE_IMPL.get(device.type, _DEFAULT_IMPL) if impl == "auto" else impl
+    if impl != "auto":
+        return impl
+    b, _, h, w = x.shape
+    large = b * kernel_channels * h * w >= FUSED_MIN_KERNEL_VALUES
+    return "fused" if x.device.type == "cpu" and large else _DEFAULT_IMPL
 
 
 def _deform_conv2d_torchvision(input, offset, weight, bias, mask, stride, padding, dilation):

@@ -76,6 +76,11 @@ class _FusedGeneratedFilter(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        if torch.is_grad_enabled():  # backward(create_graph=True): a gradient of the gradient is wanted
+            raise RuntimeError(
+                "the fused DConv/MDCB path (impl='fused', what 'auto' means on CPU) has first-order gradients only; "
+                "for double backward set dynfilter.set_dynamic_filter_impl(model, 'lean')"
+            )
         x, f, sw, sb, cw, cb, weight, bias = ctx.saved_tensors
         needs = ctx.needs_input_grad
         device, autocast, dtype = ctx.autocast
@@ -107,13 +112,13 @@ def generated_filter(
 ) -> list[torch.Tensor]:
     """``[dynamic_filter(x, conv(generator(f)), kernel_size, d) for d in dilations]``, the kernels made once.
 
-    ``impl`` is the module's: ``"fused"`` (what ``"auto"`` means on CPU, see
+    ``impl`` is the module's: ``"fused"`` (what ``"auto"`` means on CPU for large kernel maps, see
     :func:`~dynfilter.functional.module_impl`) makes the kernels inside the filter
     (:func:`~dynfilter.functional.fused_dynamic_filter`) and keeps neither them nor the guide ``generator(f)``
     for the backward pass, which remakes both; any other makes the kernel map with :func:`pointwise_conv` and
     filters it with ``dynamic_filter(..., impl=impl)``.
     """
-    impl = module_impl(impl, x.device)
+    impl = module_impl(impl, x, conv.out_channels)
     if impl == "fused":
         check_fused_dynamic_filter_args(x, f, conv.weight, conv.bias, kernel_size, dilations)  # SEKG keeps f's shape
         params = (*generator.parameter_list(), conv.weight, conv.bias)

@@ -151,9 +151,23 @@ def test_dconv_gradcheck_through_the_recomputed_guide():
     assert torch.autograd.gradcheck(block, (x,))
 
 
-def test_auto_means_fused_on_cpu():
-    assert module_impl("auto", torch.device("cpu")) == "fused"
-    assert module_impl("lean", torch.device("cpu")) == "lean"
+def test_double_backward_says_to_use_lean():
+    block = dynfilter.DConv(2).double()
+    block.impl = "fused"
+    x = torch.randn(1, 2, 5, 4, dtype=F64, requires_grad=True)
+    (gx,) = torch.autograd.grad(block(x).square().sum(), x, create_graph=False)  # first order is fine
+    with pytest.raises(RuntimeError, match="first-order gradients only.*'lean'"):
+        torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
+    block.impl = "lean"
+    assert torch.autograd.gradgradcheck(block, (x,))
+
+
+def test_auto_means_fused_on_cpu_for_large_kernel_maps():
+    big = torch.empty(2, 8, 1024, 1024)  # a kernel map of 2·72·1024² values
+    assert module_impl("auto", big, 72) == "fused"
+    assert module_impl("auto", torch.empty(2, 8, 16, 16), 72) == "lean"  # small maps stay in cache: unfused
+    assert module_impl("auto", big.to("meta"), 72) == "lean"  # not CPU
+    assert module_impl("lean", big, 72) == "lean"
     block = dynfilter.set_impls(dynfilter.DCB(4), dynamic_filter="fused")
     assert block.dconv.impl == "fused"
 
