@@ -78,7 +78,7 @@ class _FusedGeneratedFilter(torch.autograd.Function):
     def backward(ctx, *grads):
         if torch.is_grad_enabled():  # backward(create_graph=True): a gradient of the gradient is wanted
             raise RuntimeError(
-                "the fused DConv/MDCB path (impl='fused', what 'auto' means on CPU) has first-order gradients only; "
+                "the fused DConv/MDCB path (impl='fused', or 'auto' on CPU for large kernel maps) has first-order gradients only; "
                 "for double backward set dynfilter.set_dynamic_filter_impl(model, 'lean')"
             )
         x, f, sw, sb, cw, cb, weight, bias = ctx.saved_tensors

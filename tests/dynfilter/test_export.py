@@ -56,6 +56,19 @@ def test_block_parity(name):
     _check_parity(block, channels)
 
 
+@pytest.mark.parametrize("name", ["DConv-k5-d2", "MDCB"])
+def test_fused_block_parity(name):
+    # The fused op's translation (a 1×1 Conv, then the filters); small inputs would run unfused under "auto".
+    block = _randomise_offsets(BLOCKS[name]()).eval()
+    dynfilter.set_dynamic_filter_impl(block, "fused")
+    channels = 16 if name == "MDCB" else 8
+    with torch.no_grad():
+        traced = torch.export.export(block, (torch.randn(1, channels, 16, 20),))
+    targets = [n.target for n in traced.graph.nodes if n.op == "call_function"]
+    assert torch.ops.dynfilter.fused_dynamic_filter.default in targets and untranslated_ops(traced) == []
+    _check_parity(block, channels)
+
+
 class _Deform(nn.Module):
     """A strided, dilated, grouped deformable conv with offsets and mask predicted from its input."""
 
