@@ -66,7 +66,7 @@ def _kernels(guide: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def _tiled_forward(x, guide, weight, bias, kernel_size: int, dilations: Sequence[int]) -> list[torch.Tensor]:
-    b, c, h, w = x.shape
+    h, w = x.shape[2:]
     out = [torch.empty_like(x) for _ in dilations]
     halo = _halo(kernel_size, dilations)
     for y0, y1 in _row_blocks(h, w, halo):
@@ -81,7 +81,7 @@ def _tiled_forward(x, guide, weight, bias, kernel_size: int, dilations: Sequence
 
 
 def _tiled_backward(grads, x, guide, weight, bias, kernel_size: int, dilations: Sequence[int], mask: Sequence[bool]):
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     g = guide.shape[1]
     halo = _halo(kernel_size, dilations)
     gx = torch.empty_like(x) if mask[0] else None
@@ -137,13 +137,18 @@ def _threads(x: torch.Tensor, guide: torch.Tensor, kernel_size: int) -> int:
     return torch.get_num_threads() if work >= dynamic_filter_native.PARALLEL_THRESHOLD else 1
 
 
+def _out_dtype(x, guide, weight) -> torch.dtype:
+    """The dtype the op computes and returns in: the operands' promoted dtype."""
+    return torch.promote_types(torch.promote_types(x.dtype, guide.dtype), weight.dtype)
+
+
 def fused_forward(x, guide, weight, bias, kernel_size: int, dilations: Sequence[int]) -> list[torch.Tensor]:
     """``out[i] = dynamic_filter(x, conv1×1(guide), kernel_size, dilations[i])``; inputs assumed validated.
 
     Returns:
         One Tensor[B, C, H, W] per dilation, in the promoted dtype of the operands.
     """
-    dtype = torch.promote_types(torch.promote_types(x.dtype, guide.dtype), weight.dtype)
+    dtype = _out_dtype(x, guide, weight)
     x, guide, weight = x.to(dtype), guide.to(dtype), weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
     lib = _native(x, guide, weight, bias)
@@ -160,7 +165,7 @@ def fused_forward(x, guide, weight, bias, kernel_size: int, dilations: Sequence[
 def fused_backward(grads, x, guide, weight, bias, kernel_size: int, dilations: Sequence[int], mask: Sequence[bool]):
     """Gradients of :func:`fused_forward` (``grads``: one per output) in ``(x, guide, weight, bias)``; ``None``
     where ``mask`` says not needed."""
-    dtype = torch.promote_types(torch.promote_types(x.dtype, guide.dtype), weight.dtype)
+    dtype = _out_dtype(x, guide, weight)
     grads = [g.to(dtype) for g in grads]
     x, guide, weight = x.to(dtype), guide.to(dtype), weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
@@ -212,10 +217,6 @@ def fused_dynamic_filter_backward_op(grads, x, guide, weight, bias, kernel_size:
     grads = fused_backward(grads, x, guide, weight, bias, kernel_size, dilations, output_mask)
     # Ops return tensors, never None, and never an input itself (aliasing is not allowed).
     return tuple(x.new_empty(0) if t is None else t for t in grads)
-
-
-def _out_dtype(x, guide, weight) -> torch.dtype:
-    return torch.promote_types(torch.promote_types(x.dtype, guide.dtype), weight.dtype)
 
 
 @fused_dynamic_filter_op.register_fake

@@ -11,6 +11,8 @@ from dynfilter.ops import dynamic_filter as _ops
 from dynfilter.ops.dynamic_filter_unfold import dynamic_filter_unfold
 from dynfilter.functional import dynamic_filter
 
+from .graphs import GraphRecorder
+
 OPS = {
     "dynamic_filter": _ops.dynamic_filter_op,
     "dynamic_filter_grad_input": _ops.dynamic_filter_grad_input_op,
@@ -66,20 +68,9 @@ def test_flop_counter_counts_each_op_once_with_its_cost():
     }
 
 
-class _GraphRecorder:
-    """A torch.compile backend that records the FX graphs it is given and runs them eagerly."""
-
-    def __init__(self):
-        self.graphs = []
-
-    def __call__(self, gm, example_inputs):
-        self.graphs.append(gm)
-        return gm.forward
-
-
 def test_compile_sees_one_node_and_matches_eager():
     torch._dynamo.reset()
-    recorder = _GraphRecorder()
+    recorder = GraphRecorder()
     module = dynfilter.DConv(3, dilation=3)
     module.impl = "lean"  # this op's test; the fused path's is in test_fused_dynamic_filter.py
     compiled = torch.compile(module, backend=recorder, fullgraph=True)

@@ -17,6 +17,8 @@ from dynfilter.functional import fused_dynamic_filter, module_impl
 from dynfilter.ops import dynamic_filter_native, fused_dynamic_filter as fused
 from dynfilter.ops.dynamic_filter_unfold import dynamic_filter_unfold
 
+from .graphs import GraphRecorder
+
 F64 = torch.float64
 
 
@@ -236,18 +238,9 @@ def test_fvcore_counts_the_same_macs_fused_and_unfused():
     assert block.impl == "fused"
 
 
-class _GraphRecorder:
-    def __init__(self):
-        self.graphs = []
-
-    def __call__(self, gm, example_inputs):
-        self.graphs.append(gm)
-        return gm.forward
-
-
 def test_compile_sees_one_fused_node_forward_and_backward():
     torch._dynamo.reset()
-    recorder = _GraphRecorder()
+    recorder = GraphRecorder()
     block = dynfilter.DConv(3, dilation=2)
     block.impl = "fused"
     compiled = torch.compile(block, backend=recorder)

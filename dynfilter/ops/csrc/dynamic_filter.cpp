@@ -392,6 +392,18 @@ void grad_params(const Acc* gk, int64_t kstride, const Acc* packed, int64_t g, i
   }
 }
 
+// out[i] = sum of parts[k][i] over the threads' partial sums, in thread order (null out: not wanted).
+template <typename T, typename Acc>
+void store_sum(const std::vector<std::vector<Acc>>& parts, T* out, int64_t count) {
+  if (!out) return;
+  for (int64_t i = 0; i < count; ++i) {
+    Acc sum = 0;
+    for (const auto& part : parts)
+      if (!part.empty()) sum += part[i];
+    out[i] = Io<T>::store(sum);
+  }
+}
+
 // Gradients of fused_forward. gx (null: not wanted) needs the kernels again, which are remade for the block's rows and
 // the halo around them; the weight, bias and guide gradients need only gK_t[p] = sum_d g_d[p] * x[p + s_t(d)], made
 // a row and channel at a time.
@@ -486,20 +498,8 @@ void fused_backward(const T* const* grads, const T* x, const T* guide, const T* 
       }
     }
   }
-  if (gw)
-    for (int64_t i = 0; i < nw; ++i) {
-      Acc sum = 0;
-      for (const auto& part : gw_parts)
-        if (!part.empty()) sum += part[i];
-      gw[i] = Io<T>::store(sum);
-    }
-  if (gbias)
-    for (int64_t i = 0; i < nb; ++i) {
-      Acc sum = 0;
-      for (const auto& part : gb_parts)
-        if (!part.empty()) sum += part[i];
-      gbias[i] = Io<T>::store(sum);
-    }
+  store_sum(gw_parts, gw, nw);
+  store_sum(gb_parts, gbias, nb);
 }
 
 }  // namespace
