@@ -268,3 +268,28 @@ def test_opcheck():
     x, guide, weight, bias = (t.detach() for t in _operands(1, 2, 3, 6, 5, 3))
     torch.library.opcheck(torch.ops.dynfilter.fused_dynamic_filter.default, (x, guide, weight, bias, 3, [1, 2]),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_fused_training_step_under_bf16_autocast_and_aot_compile():
+    """The trainer's options on the fused path: autocast reaches the recomputed SEKG, compile keeps the op."""
+    torch.manual_seed(0)
+    block = dynfilter.DConv(4)
+    block.impl = "fused"
+    x = torch.randn(2, 4, 12, 10, requires_grad=True)
+
+    def grads(fn):
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        fn(x).float().square().mean().backward()
+        return [x.grad.clone(), *(p.grad.clone() for p in block.parameters())]
+
+    reference = grads(block)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = grads(block)
+    torch._dynamo.reset()
+    compiled = grads(torch.compile(block, backend="aot_eager"))
+    assert any((lo - ref).abs().max() > 0 for lo, ref in zip(low, reference))  # autocast did run
+    for ref, lo, co in zip(reference, low, compiled):
+        scale = ref.abs().max().item()
+        assert (lo - ref).abs().max().item() <= 0.1 * scale  # bfloat16: 8 bits of mantissa through two convs
+        torch.testing.assert_close(co, ref)
