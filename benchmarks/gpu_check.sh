@@ -2,7 +2,7 @@
 # The checks that need a GPU, in one go, for a machine with CUDA (CI has none):
 #   1. the CUDA tests: tests/dynfilter/test_cuda.py and the CUDA cases of test_dynamic_filter_backends.py and test_surgery.py;
 #   2. the benchmark on the GPU: dynfilter bench --suite $GPU_CHECK_SUITES --device cuda
-#      (default: dynamic adfnet deform model);
+#      (default: dynamic fused adfnet deform model; fused runs the Triton fused kernels of issue 17);
 #   3. packing small runs on one GPU: benchmarks/sweep_jobs.py times the quick DnCNN sweep (8 runs at the
 #      paper's batch 16 and patch 128, 1,000 steps each) with --jobs 1, 2 and 4, and with --executor ray
 #      when ray is installed (docs/experiments.md, Scaling out).
@@ -24,7 +24,7 @@ status=0
 timeout "${GPU_CHECK_TEST_S:-240}" python3 -m pytest -o addopts="" -q -p no:cacheprovider -rs \
   tests/dynfilter/test_cuda.py tests/dynfilter/test_dynamic_filter_backends.py tests/dynfilter/test_surgery.py -k cuda 2>&1 | tee "$out/tests.txt" || status=1
 # shellcheck disable=SC2086  # the suites are words
-timeout "${GPU_CHECK_BENCH_S:-300}" python3 -m experiments.cli bench --suite ${GPU_CHECK_SUITES:-dynamic adfnet deform model} --device cuda --repeat 5 \
+timeout "${GPU_CHECK_BENCH_S:-360}" python3 -m experiments.cli bench --suite ${GPU_CHECK_SUITES:-dynamic fused adfnet deform model} --device cuda --repeat 5 \
   --out "$out/bench" 2>&1 | tee "$out/bench.txt" || status=1
 ray_row=$(python3 -c "import ray" 2>/dev/null && echo "--executor ray")
 # shellcheck disable=SC2086  # empty or two words

@@ -8,7 +8,10 @@
   :mod:`.dynamic_filter_triton_kernels`) and :mod:`.dynamic_filter_eager` (torch ops, any device, the
   fallback); :mod:`.dynamic_filter_unfold` is the published unfold–multiply–sum, the reference;
 - :mod:`.deform_conv`: the lean modulated deformable convolution (``grid_sample`` + matmul), registered
-  as ``dynfilter::modulated_deform_conv2d``.
+  as ``dynfilter::modulated_deform_conv2d``;
+- :mod:`.fused_dynamic_filter`: ``dynfilter::fused_dynamic_filter``, DConv's and MDCB's kernel generation
+  fused with the filter; native C++ on CPU, :mod:`.fused_dynamic_filter_triton` on CUDA (kernels in
+  :mod:`.fused_dynamic_filter_triton_kernels`), tiled torch elsewhere.
 - :mod:`.dynamic_filter_onnx` and :mod:`.deform_conv_onnx`: both forward ops in standard ONNX operators,
   for :mod:`dynfilter.export` (not imported here; they load :mod:`onnxscript` only when they run).
 
@@ -17,7 +20,14 @@
 
 from __future__ import annotations
 
-from . import deform_conv, dynamic_filter, dynamic_filter_eager, dynamic_filter_native, dynamic_filter_triton
+from . import (
+    deform_conv,
+    dynamic_filter,
+    dynamic_filter_eager,
+    dynamic_filter_native,
+    dynamic_filter_triton,
+    fused_dynamic_filter_triton,
+)
 
 __all__ = ["status", "dynamic_filter", "deform_conv"]
 
@@ -26,11 +36,12 @@ def status() -> dict[str, str]:
     """One line per backend: ``{"dynamic_filter.native": …, "dynamic_filter.triton": …, …}``.
 
     >>> sorted(status())
-    ['deform_conv.lean', 'dynamic_filter.eager', 'dynamic_filter.native', 'dynamic_filter.triton']
+    ['deform_conv.lean', 'dynamic_filter.eager', 'dynamic_filter.native', 'dynamic_filter.triton', 'fused_dynamic_filter.triton']
     """
     return {
         "dynamic_filter.native": dynamic_filter_native.status(),
         "dynamic_filter.triton": dynamic_filter_triton.status(),
         "dynamic_filter.eager": dynamic_filter_eager.status(),
         "deform_conv.lean": deform_conv.status(),
+        "fused_dynamic_filter.triton": fused_dynamic_filter_triton.status(),
     }

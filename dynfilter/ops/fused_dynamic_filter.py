@@ -14,9 +14,10 @@ pass with its gradient. The fused op makes each image row's kernels from the gui
 the backward op is not registered: gradients of first order only (``impl="lean"`` has every order).
 
 Backends: the native C++ kernels of :mod:`.dynamic_filter_native` for CPU tensors of one dtype (float32,
-float64, bfloat16); elsewhere :func:`_tiled_forward` / :func:`_tiled_backward`, torch ops on blocks of rows
-(the 1×1 conv as one GEMM per block, then the unfused filter ops of :mod:`.dynamic_filter` on the block),
-whose memory is one block's kernels.
+float64, bfloat16); the Triton kernels of :mod:`.fused_dynamic_filter_triton` for CUDA tensors of one
+floating dtype (up to three dilations); elsewhere :func:`_tiled_forward` / :func:`_tiled_backward`, torch
+ops on blocks of rows (the 1×1 conv as one GEMM per block, then the unfused filter ops of
+:mod:`.dynamic_filter` on the block), whose memory is one block's kernels.
 
 MACs: ``B·H·W·C·k²·G`` for the kernels plus ``D·B·C·H·W·k²`` for the filters, the same as the unfused
 1×1 conv and ``D`` dynamic filters (registered with :mod:`torch.utils.flop_counter` as twice that many
@@ -30,7 +31,7 @@ from typing import Sequence
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from . import dynamic_filter_native
+from . import dynamic_filter_native, fused_dynamic_filter_triton
 from .dynamic_filter import filter_forward, filter_grad_input, filter_grad_kernels
 
 __all__ = [
@@ -121,9 +122,16 @@ def _native(a: torch.Tensor, *others: torch.Tensor | None):
     return dynamic_filter_native.fused_library(a)
 
 
-def backend_for(x: torch.Tensor, guide: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> str:
-    """``"native"`` or ``"tiled"``: which backend computes the fused op on these operands."""
-    return "native" if _native(x, guide, weight, bias) is not None else "tiled"
+def _triton(x: torch.Tensor, *others: torch.Tensor | None, dilations: Sequence[int]) -> bool:
+    return fused_dynamic_filter_triton.usable(x, *others, dilations=dilations)
+
+
+def backend_for(x: torch.Tensor, guide: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                dilations: Sequence[int] = (1,)) -> str:
+    """``"native"``, ``"triton"`` or ``"tiled"``: which backend computes the fused op on these operands."""
+    if _native(x, guide, weight, bias) is not None:
+        return "native"
+    return "triton" if _triton(x, guide, weight, bias, dilations=dilations) else "tiled"
 
 
 def _shape(x: torch.Tensor, guide: torch.Tensor, kernel_size: int) -> tuple[int, ...]:
@@ -153,6 +161,8 @@ def fused_forward(x, guide, weight, bias, kernel_size: int, dilations: Sequence[
     bias = None if bias is None else bias.to(dtype)
     lib = _native(x, guide, weight, bias)
     if lib is None:
+        if _triton(x, guide, weight, bias, dilations=dilations):
+            return fused_dynamic_filter_triton.forward(x, guide, weight, bias, kernel_size, dilations)
         return _tiled_forward(x, guide, weight, bias, kernel_size, dilations)
     x, guide, weight = x.contiguous(), guide.contiguous(), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
@@ -171,6 +181,8 @@ def fused_backward(grads, x, guide, weight, bias, kernel_size: int, dilations: S
     bias = None if bias is None else bias.to(dtype)
     lib = _native(x, *grads, guide, weight, bias)
     if lib is None:
+        if _triton(x, *grads, guide, weight, bias, dilations=dilations):
+            return fused_dynamic_filter_triton.backward(grads, x, guide, weight, bias, kernel_size, dilations, mask)
         return _tiled_backward(grads, x, guide, weight, bias, kernel_size, dilations, mask)
     grads = [g.contiguous() for g in grads]
     x, guide, weight = x.contiguous(), guide.contiguous(), weight.contiguous()

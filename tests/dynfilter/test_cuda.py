@@ -153,3 +153,53 @@ def test_registered_op_compiles_to_the_same_result():
     compiled_grads = torch.autograd.grad(compiled(x, kernels), (x, kernels))
     for got, want in zip(compiled_grads, eager_grads):
         assert_close_scaled(got, want, 1e-5, "compiled gradient")
+
+
+def test_fused_dynamic_filter_runs_the_triton_kernels_and_matches_the_cpu():
+    from dynfilter.functional import fused_dynamic_filter
+    from dynfilter.ops import fused_dynamic_filter as fused
+
+    from .test_fused_dynamic_filter import CASES, _operands, _reference
+
+    want_backend = "triton" if DEVICE == "cuda" and _triton.available() else fused.backend_for(*_operands(1, 1, 1, 2, 2, 3))
+    for b, c, g, h, w, k, dilations, bias in CASES:
+        cpu = _operands(b, c, g, h, w, k, bias)  # float64: the truth is the unfold reference on the CPU
+        dev = [None if t is None else t.detach().to(DEVICE).requires_grad_() for t in cpu]
+        assert fused.backend_for(*dev, dilations=dilations) == want_backend
+        out = fused_dynamic_filter(*dev, k, dilations)
+        ref = _reference(*cpu, k, dilations)
+        grads = [torch.randn_like(r) for r in ref]
+        got = torch.autograd.grad(out, [t for t in dev if t is not None], [g.to(DEVICE) for g in grads])
+        want = torch.autograd.grad(ref, [t for t in cpu if t is not None], grads)
+        for name, a, e in zip(["out"] * len(out) + ["grad x", "grad guide", "grad weight", "grad bias"], [*out, *got], [*ref, *want]):
+            assert_close_scaled(a.cpu(), e, 1e-10, f"{name} of case {(b, c, g, h, w, k, dilations, bias)}")
+
+
+# The parameters the fused op's gradients reach: the 1×1 kernel conv and SEKG's spatial branch (the deformable
+# conv's offset gradients are ill-conditioned outside float64, see test_deform_conv.py).
+KERNEL_PATH = ("kernel_conv.", "sekg.spatial.")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_dconv_and_mdcb_are_as_exact_as_the_lean_path(dtype):
+    """Both paths in ``dtype`` against the float64 unfold reference with the same rounded parameters and inputs:
+    the fused path's error is at most the lean path's (bfloat16: each layer rounds, so neither is near 2^-8)."""
+    torch.manual_seed(0)
+    floor = {torch.float32: 1e-6, torch.bfloat16: 2e-3}[dtype]
+    for block, shape in ((dynfilter.DConv(16), (2, 16, 37, 29)), (dynfilter.MDCB(32, 16, deform_groups=4), (1, 32, 24, 20))):
+        block = _randomise_offsets(block, 0.05).to(dtype)
+        x, grad = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+        results = {}
+        for impl, device, run_dtype in (("fused", DEVICE, dtype), ("lean", DEVICE, dtype), ("unfold", "cpu", torch.float64)):
+            block = block.to(device, run_dtype)
+            dynfilter.set_dynamic_filter_impl(block, impl)
+            block.zero_grad(set_to_none=True)
+            xi = x.to(device, run_dtype).detach().requires_grad_()
+            out = block(xi)
+            out.backward(grad.to(device, run_dtype))
+            grads = [p.grad for name, p in block.named_parameters() if name.startswith(KERNEL_PATH)]
+            results[impl] = [t.detach().cpu().double() for t in (out, xi.grad, *grads)]
+        for i, (fused, lean, truth) in enumerate(zip(results["fused"], results["lean"], results["unfold"])):
+            scale = truth.abs().max().item()
+            err_fused, err_lean = ((t - truth).abs().max().item() / scale for t in (fused, lean))
+            assert err_fused <= 1.5 * err_lean + floor, (type(block).__name__, dtype, i, err_fused, err_lean)
