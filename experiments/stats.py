@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["LEVEL", "VERDICTS", "Interval", "t_quantile", "paired_interval"]
+__all__ = ["LEVEL", "VERDICTS", "Interval", "t_quantile", "paired_interval", "seeds_for"]
 
 LEVEL = 0.95
 #: Every verdict :func:`paired_interval` can give.
@@ -105,3 +105,25 @@ def paired_interval(differences: Iterable[float], level: float = LEVEL) -> Inter
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
     return Interval(mean, half, n, sd, level)
+
+
+def seeds_for(sd: float, half_width: float, level: float = LEVEL, most: int = 100_000) -> int | None:
+    """The fewest seeds whose ``level`` interval is at most ``half_width`` wide each side, if the paired
+    differences have standard deviation ``sd``: the smallest ``n ≥ 2`` with ``t(n − 1) · sd / √n ≤ half_width``.
+
+    A planning number: ``sd`` is itself estimated from a few seeds. ``None`` when ``sd`` or ``half_width``
+    is not a positive number, or when more than ``most`` seeds would be needed.
+
+    >>> seeds_for(0.1, 0.1), seeds_for(0.1, 0.02), seeds_for(float("nan"), 0.1)
+    (7, 99, None)
+    """
+    if not (sd > 0 and half_width > 0):  # also false for nan
+        return None
+    p = 0.5 + level / 2
+    # t(n - 1) falls towards the normal quantile, so (z sd / hw)^2 is a lower bound to start from.
+    n = max(2, math.floor((t_quantile(p, 10**6) * sd / half_width) ** 2))
+    while n <= most:
+        if t_quantile(p, n - 1) * sd / math.sqrt(n) <= half_width:
+            return n
+        n += 1
+    return None

@@ -27,7 +27,7 @@ import pandas as pd
 from dynfilter.layers.adfnet_layout import LAYOUT_ALIASES, LAYOUTS
 
 from .gains import cell_table, gain_table, grid_axes, is_reference, result_sets
-from .stats import LEVEL
+from .stats import LEVEL, seeds_for
 
 __all__ = ["PaperRow", "PAPER", "PAPER_SETS", "PAPER_SIGMA", "PAPER_NOTES", "layout_of", "ablation_table",
            "ablation_markdown"]
@@ -100,9 +100,11 @@ def ablation_table(df: pd.DataFrame, level: float = LEVEL, against: str | None =
     Columns: ``layout`` (a :data:`PAPER` key), ``row`` (its Table 4 name), ``variant``, ``cell``, the grid
     axes, ``reference`` (the row gains are measured against), ``seeds``, ``params``, ``macs``; per test
     set ``psnr_<set>`` and, for the other rows, ``diff_<set>`` (mean paired difference to the reference),
-    ``diff_<set>_ci`` (half-width), ``diff_<set>_low`` / ``_high`` and ``verdict_<set>``; then
-    ``paper_params_m`` and per Table 4 set ``paper_<set>`` and ``paper_diff_<set>`` (the paper's
-    difference to its ADFNet). Rows that are not ADFNet configurations are left out; a table without
+    ``diff_<set>_ci`` (half-width), ``diff_<set>_low`` / ``_high``, ``diff_<set>_std`` (the sample sd of
+    the per-seed differences) and ``verdict_<set>``; then ``paper_params_m`` and per Table 4 set
+    ``paper_<set>``, ``paper_diff_<set>`` (the paper's difference to its ADFNet) and, where we measured
+    that set, ``seeds_<set>``: the seeds whose interval would be as narrow as the paper's difference, at
+    our spread (:func:`experiments.stats.seeds_for`; a planning number). Rows that are not ADFNet configurations are left out; a table without
     any gives an empty frame.
 
     Args:
@@ -140,7 +142,7 @@ def ablation_table(df: pd.DataFrame, level: float = LEVEL, against: str | None =
             row[f"psnr_{s}"] = c[f"psnr_{s}"]
             if not c["baseline"] and len(gain):
                 g = gain.iloc[0]
-                for part in ("", "_ci", "_low", "_high"):
+                for part in ("", "_ci", "_low", "_high", "_std"):
                     row[f"diff_{s}{part}"] = g[f"gain_{s}{part}"]
                 row[f"verdict_{s}"] = g[f"verdict_{s}"]
         paper = PAPER[key]
@@ -148,6 +150,8 @@ def ablation_table(df: pd.DataFrame, level: float = LEVEL, against: str | None =
         for s in PAPER_SETS:
             row[f"paper_{s}"] = paper.psnr[s]
             row[f"paper_diff_{s}"] = round(paper.psnr[s] - paper_base.psnr[s], 2)
+            if f"diff_{s}_std" in row and key != "decoder":
+                row[f"seeds_{s}"] = seeds_for(row[f"diff_{s}_std"], abs(row[f"paper_diff_{s}"]), level)
         rows.append(row)
     out = pd.DataFrame(rows)
     order = {key: i for i, key in enumerate(PAPER)}
@@ -170,6 +174,45 @@ def _diff(row: pd.Series, s: str) -> str:
     if not pd.isna(row[f"diff_{s}_ci"]):
         text += f" ± {row[f'diff_{s}_ci']:.2f}"
     return text.replace("-", "−")
+
+
+def _spread_lines(sub: pd.DataFrame, sets: list[str]) -> list[str]:
+    """How much the paired differences vary from seed to seed, and the seeds the paper's differences would need."""
+    rows = sub[sub["variant"] != sub["reference"]]
+    if rows.empty or not any(f"diff_{s}_std" in rows for s in sets):
+        return []
+    head = ["Table 4 row"]
+    for s in sets:
+        head += [f"sd of Δ {s}"] + ([f"seeds for the paper's Δ {s}"] if s in PAPER_SETS else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in rows.iterrows():
+        cells = [str(r["row"])]
+        for s in sets:
+            cells.append(_num(r.get(f"diff_{s}_std"), ".2f"))
+            if s in PAPER_SETS:
+                n = r.get(f"seeds_{s}")
+                cells.append("" if n is None or pd.isna(n) else f"{int(n):,}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", "sd of Δ: the sample standard deviation of the per-seed differences. Seeds for the paper's "
+                        "Δ: how many seeds would make the interval's half-width as small as the paper's own "
+                        "difference, at this spread (a planning number: the spread is estimated from these seeds).", ""]
+
+
+def _per_seed_lines(runs: pd.DataFrame, sub: pd.DataFrame, sets: list[str]) -> list[str]:
+    """PSNR of every run, seeds down and configurations across, per test set."""
+    if "seed" not in runs or runs.empty:
+        return []
+    variants = [str(v) for v in sub["variant"]]
+    lines = []
+    for s in sets:
+        table = runs.pivot_table(index="seed", columns="variant", values=f"psnr_{s}", aggfunc="first")
+        table.columns = [str(c) for c in table.columns]
+        cols = [v for v in variants if v in table.columns]
+        lines += [f"PSNR per seed, {s} (dB):", "", "| seed | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+        for seed, r in table.iterrows():
+            lines.append(f"| {seed} | " + " | ".join(_num(r[c], ".2f") for c in cols) + " |")
+        lines.append("")
+    return lines
 
 
 def ablation_markdown(df: pd.DataFrame, level: float = LEVEL, against: str | None = None) -> str:
@@ -204,7 +247,7 @@ def ablation_markdown(df: pd.DataFrame, level: float = LEVEL, against: str | Non
                 paper_diff = "" if r["layout"] == "decoder" else f"{r[f'paper_diff_{s}']:+.2f}".replace("-", "−")
                 cells += [_num(r[f"paper_{s}"], ".2f"), paper_diff]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", *_spread_lines(sub, sets), *_per_seed_lines(df[df["cell"].isin(sub["cell"])], sub, sets)]
     reference = against or "full ADFNet (the run without a recipe)"
     lines += [
         f"Δ: PSNR − PSNR({reference}) of the same seed, mean over seeds ± the half-width of the "

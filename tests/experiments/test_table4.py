@@ -42,7 +42,7 @@ def test_every_preset_has_every_table_4_row_against_a_recipe_less_adfnet(preset)
 
 def test_preset_widths():
     widths = {p: study_config(load_config(p), "adfnet")[1]["grid"]["widths"] for p in ("quick", "standard", "paper")}
-    assert widths == {"quick": [[8, 8, 16, 16]], "standard": [[16, 32, 64, 128]], "paper": [[32, 64, 128, 256]]}
+    assert widths == {"quick": [[8, 8, 16, 16]], "standard": [[8, 16, 16, 32]], "paper": [[32, 64, 128, 256]]}
 
 
 @pytest.mark.parametrize("variant", ["wo_dcb", "wo_mdcb", "wo_dcb_mdcb", "wo_mfi", "encoder", "all"])
@@ -109,6 +109,14 @@ def test_ablation_table_against_hand_computed_differences_and_intervals():
     assert "| dynamic everywhere | dyn_all | 1 | 1,100,000 | 7.30 |" in text and "+0.10 | 1 seed: no verdict" in text
     assert "| ADFNet (dynamic decoder) | adfnet | 3 | 1,000,000 | 7.65 | 2.000 | 29.50 | reference |" in text
     assert "29.37" in text and "8,628,579" in text
+    # Spread: Kodak24 sd 0.076376; t(n-1) * sd / sqrt(n) first <= |paper diff| 0.12 at n = 5 (n = 4: 0.1215);
+    # CBSD68 sd 0.02 against 0.07: n = 3 (0.0497; n = 2: 0.1797).
+    assert wo["diff_Kodak24_std"] == pytest.approx(0.076376, abs=1e-5)
+    assert (wo["seeds_Kodak24"], wo["seeds_CBSD68"]) == (5, 3)
+    assert "| w/o DCB | 0.08 | 5 | 0.02 | 3 |" in text
+    # Per seed, in the table's order (wo_dcb, dyn_all, adfnet); dyn_all ran one seed.
+    assert "| 0 | 29.90 | 30.10 | 30.00 |" in text and "| 1 | 28.80 |  | 29.00 |" in text
+    assert "| 2 | 26.72 |  | 27.00 |" in text  # CBSD68
 
 
 def test_paper_numbers():
