@@ -45,6 +45,19 @@ def _at(base, hw, cs, c_ok, pix, pix_ok, ACC: tl.constexpr):
 
 
 @triton.jit
+def _grads_at(g0_base, g1_base, g2_base, hw, cs, c_ok, pix, pix_ok, ND: tl.constexpr, ACC: tl.constexpr):
+    # The incoming gradient of each dilation at a tile; the unused ones repeat the first (never read).
+    g0 = _at(g0_base, hw, cs, c_ok, pix, pix_ok, ACC)
+    g1 = g0
+    g2 = g0
+    if ND > 1:
+        g1 = _at(g1_base, hw, cs, c_ok, pix, pix_ok, ACC)
+    if ND > 2:
+        g2 = _at(g2_base, hw, cs, c_ok, pix, pix_ok, ACC)
+    return g0, g1, g2
+
+
+@triton.jit
 def _shift(y, xc, p_ok, height, width, dy, dx):
     # The flattened index of the pixel (dy, dx) away from each of the tile's, and whether it is in the image.
     yy = y + dy
@@ -165,13 +178,7 @@ def backward_data(g0_ptr, g1_ptr, g2_ptr, x_ptr, guide_ptr, w_ptr, bias_ptr, gx_
             for c0 in range(0, channels, BLOCK_C):
                 cs = c0 + tl.arange(0, BLOCK_C)
                 c_ok = cs < channels
-                g0 = _at(g0_ptr + plane, hw, cs, c_ok, offs, p_ok, ACC)
-                g1 = g0
-                g2 = g0
-                if ND > 1:
-                    g1 = _at(g1_ptr + plane, hw, cs, c_ok, offs, p_ok, ACC)
-                if ND > 2:
-                    g2 = _at(g2_ptr + plane, hw, cs, c_ok, offs, p_ok, ACC)
+                g0, g1, g2 = _grads_at(g0_ptr + plane, g1_ptr + plane, g2_ptr + plane, hw, cs, c_ok, offs, p_ok, ND, ACC)
                 for i in tl.static_range(KS):
                     for j in tl.static_range(KS):
                         gk = _grad_kernels(g0, g1, g2, xb, hw, cs, c_ok, y, xc, p_ok, height, width, i - r, j - r,
@@ -212,13 +219,7 @@ def backward_weight(g0_ptr, g1_ptr, g2_ptr, x_ptr, guide_ptr, pw_ptr, pb_ptr, ba
         y = offs // width
         xc = offs % width
         plane = b * channels * hw
-        g0 = _at(g0_ptr + plane, hw, cs, c_ok, offs, p_ok, ACC)
-        g1 = g0
-        g2 = g0
-        if ND > 1:
-            g1 = _at(g1_ptr + plane, hw, cs, c_ok, offs, p_ok, ACC)
-        if ND > 2:
-            g2 = _at(g2_ptr + plane, hw, cs, c_ok, offs, p_ok, ACC)
+        g0, g1, g2 = _grads_at(g0_ptr + plane, g1_ptr + plane, g2_ptr + plane, hw, cs, c_ok, offs, p_ok, ND, ACC)
         gk = _grad_kernels(g0, g1, g2, x_ptr + plane, hw, cs, c_ok, y, xc, p_ok, height, width, di, dj, d0, d1, d2, ND, ACC)
         u = _at(guide_ptr + b * groups * hw, hw, gs, g_ok, offs, p_ok, ACC)
         acc += _dot(gk, tl.trans(u), DOT, ACC)
